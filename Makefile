@@ -1,0 +1,34 @@
+# Everything runs from a local .venv, created on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: setup test serve demo ingest exchange bench notebook clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+serve: $(STAMP)
+	$(BIN)/panel serve dashboard/app.py --show $(if $(ARGS),--args $(ARGS),)
+
+demo: $(STAMP)
+	$(BIN)/panel serve dashboard/app.py --show --args --demo $(ARGS)
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+notebook: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache test-artifacts

@@ -1,0 +1,101 @@
+"""Shared test helpers: real files in tmp_path, real subprocesses, no mocks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from market.schema import KLINE_SCHEMA
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+if not FIXTURES.exists():  # CI clones main with shared/ beside it
+    FIXTURES = Path(os.environ.get("FIXTURES_DIR", ROOT / "tests" / "fixtures"))
+
+
+def random_klines(
+    symbols: list[str],
+    n: int,
+    *,
+    start: dt.datetime = dt.datetime(2026, 1, 1),
+    interval_s: int = 60,
+    seed: int = 0,
+    interval: str = "1m",
+) -> pl.DataFrame:
+    """n consecutive candles per symbol of a geometric random walk, KLINE_SCHEMA."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for sym in symbols:
+        closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.002, n)))
+        opens = np.concatenate([[100.0], closes[:-1]])
+        spread = np.abs(rng.normal(0, 0.001, n)) * closes
+        times = [start + dt.timedelta(seconds=interval_s * i) for i in range(n)]
+        vol = rng.uniform(1, 100, n)
+        frames.append(
+            pl.DataFrame(
+                {
+                    "symbol": sym,
+                    "interval": interval,
+                    "open_time": times,
+                    "close_time": [t + dt.timedelta(seconds=interval_s, milliseconds=-1) for t in times],
+                    "open": opens,
+                    "high": np.maximum(opens, closes) + spread,
+                    "low": np.minimum(opens, closes) - spread,
+                    "close": closes,
+                    "volume": vol,
+                    "quote_volume": vol * closes,
+                    "trades": rng.integers(1, 500, n),
+                    "taker_buy_volume": vol / 2,
+                    "taker_buy_quote_volume": vol * closes / 2,
+                },
+                schema_overrides=KLINE_SCHEMA,
+            ).select(list(KLINE_SCHEMA))
+        )
+    return pl.concat(frames)
+
+
+class Holder:
+    """Another process that holds the DuckDB file open read-write until released."""
+
+    def __init__(self, path: Path) -> None:
+        code = textwrap.dedent(
+            f"""
+            import duckdb, sys
+            con = duckdb.connect({str(path)!r})
+            print("ready", flush=True)
+            sys.stdin.readline()
+            con.close()
+            """
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def release(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def hold_file() -> Iterator[type[Holder]]:
+    holders: list[Holder] = []
+
+    def make(path: Path) -> Holder:
+        holders.append(Holder(path))
+        return holders[-1]
+
+    yield make
+    for h in holders:
+        h.release()
