@@ -263,11 +263,11 @@ def price_layout(
         osc = rsi_line(closed) * _tail_rsi(closed, live)
         sto = stoch_lines(closed) * _tail_stoch(closed, live)
 
-    common = dict(_TOOLS, xlabel="", autorange="y")
+    common = dict(_TOOLS, xlabel="")
     h = height
     return hv.Layout([
-        price.opts(hv.opts.Overlay(height=int(h * 0.5), ylabel="Price", xaxis=None, **common)),
-        vol.opts(hv.opts.Overlay(height=int(h * 0.14), ylabel="Volume", xaxis=None, **common)),
+        price.opts(hv.opts.Overlay(height=int(h * 0.5), ylabel="Price", xaxis=None, autorange="y", **common)),
+        vol.opts(hv.opts.Overlay(height=int(h * 0.14), ylabel="Volume", xaxis=None, autorange="y", **common)),
         (osc * bands(30, 70)).opts(hv.opts.Overlay(
             height=int(h * 0.17), ylabel="RSI", ylim=(0, 100), xaxis=None, **common)),
         (sto * bands(20, 80)).opts(hv.opts.Overlay(

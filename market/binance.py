@@ -425,7 +425,7 @@ class Parser:
             ims = _INTERVALS.get(i)
             if (ims is not None and t.__class__ is int and T.__class__ is int
                     and n.__class__ is int and E.__class__ is int and x.__class__ is bool
-                    and not t % ims and T == t + ims - 1 and n >= 0
+                    and not t % ims and T == t + ims - 1 and n >= 0 and E >= 0
                     and 0.0 < l <= o <= h < _INF and l <= c <= h
                     and 0.0 <= v < _INF and 0.0 <= q < _INF
                     and 0.0 <= V < _INF and 0.0 <= Q < _INF):
@@ -446,6 +446,8 @@ class Parser:
                 return "missing_field", f"{s} kline lacks k.{key}"
         if not _is_int(d.get("E")):
             return "missing_field", f"{s} kline lacks an integer event time 'E'"
+        if d["E"] < 0:
+            return "bad_number", f"{s} kline event time E={d['E']} is negative"
         if k["x"].__class__ is not bool:
             return "bad_number", f"{s} kline x={_snippet(k['x'])} is not a boolean"
         reason, detail = _candle_problem(k["i"], k["t"], k["T"], k["o"], k["h"], k["l"],
@@ -497,30 +499,25 @@ class Parser:
 # --------------------------------------------------------------------------- frames
 
 
-def _times(values: Sequence[int]) -> pl.Series:
-    return (pl.Series(values, dtype=pl.Int64) * 1000).cast(TIME)
+def _frame(records: Sequence[tuple], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    # Column-wise from zip(*records): ~1.7x faster than orient="row" at 50k rows.
+    if not records:
+        return empty(schema)
+    cols = list(zip(*records))
+    return pl.DataFrame({
+        name: (pl.Series(cols[j], dtype=pl.Int64) * 1000).cast(TIME) if dtype == TIME
+        else pl.Series(cols[j], dtype=dtype)
+        for j, (name, dtype) in enumerate(schema.items())})
 
 
 def kline_frame(records: Sequence[Kline]) -> pl.DataFrame:
     """Klines as a KLINE_SCHEMA frame (ms times become Datetime("us"))."""
-    if not records:
-        return empty(KLINE_SCHEMA)
-    cols = list(zip(*records))
-    data = {}
-    for j, (name, dtype) in enumerate(KLINE_SCHEMA.items()):
-        data[name] = _times(cols[j]) if dtype == TIME else pl.Series(cols[j], dtype=dtype)
-    return pl.DataFrame(data)
+    return _frame(records, KLINE_SCHEMA)
 
 
 def ticker_frame(records: Sequence[Ticker]) -> pl.DataFrame:
-    """Tickers as a TICKER_SCHEMA frame."""
-    if not records:
-        return empty(TICKER_SCHEMA)
-    cols = list(zip(*records))
-    data = {}
-    for j, (name, dtype) in enumerate(TICKER_SCHEMA.items()):
-        data[name] = _times(cols[j]) if dtype == TIME else pl.Series(cols[j], dtype=dtype)
-    return pl.DataFrame(data)
+    """Tickers as a TICKER_SCHEMA frame (ms times become Datetime("us"))."""
+    return _frame(records, TICKER_SCHEMA)
 
 
 def parse_rest_klines(rows: list[list], symbol: str, interval: str,

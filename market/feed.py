@@ -1,0 +1,160 @@
+"""The feed: every connection for a symbol set, gap repair over REST, and its health.
+
+``Feed.run()`` starts one ``Connection`` per combined-stream URL (split at the
+preset's stream limit), and one worker that runs backfills: for the symbols of a
+connection right after it (re)connects, and for single symbols the pipeline
+reports as missing a final candle. Everything lands in one queue of ``Batch``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from market.binance import Parser, stream_names, stream_urls
+from market.rest import KlineClient, RestError
+from market.schema import interval_ms
+from market.stream import Batch, Connection, ConnectionStatus, FeedConfig
+
+log = logging.getLogger("market.feed")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedStatus:
+    """One snapshot of the feed's health, for the UI and the logs."""
+
+    state: str  # live | connecting | reconnecting | offline
+    reason: str
+    retry_in: float | None
+    messages: int
+    messages_per_s: float
+    last_event_ms: int | None
+    lag_ms: float | None
+    reconnects: int
+    rejected: dict[str, int]
+    backfill: str  # "" when idle, else plain words with progress
+    backfill_errors: int
+
+    def describe(self) -> str:
+        """The feed's state in plain words."""
+        if self.state == "live":
+            lag = f", lag {self.lag_ms / 1000:.1f} s" if self.lag_ms is not None else ""
+            text = f"live: {self.messages_per_s:,.0f} msg/s{lag}"
+        elif self.state == "connecting":
+            text = "connecting to the exchange"
+        else:
+            when = f" in {self.retry_in:.0f} s" if self.retry_in else ""
+            text = f"{self.state}{when}: {self.reason}" if self.reason else f"{self.state}{when}"
+        if self.backfill:
+            text += f"; {self.backfill}"
+        return text
+
+
+class Feed:
+    """All connections for ``config.symbols`` plus their gap repair, feeding ``queue``."""
+
+    def __init__(
+        self,
+        config: FeedConfig,
+        queue: asyncio.Queue[Batch],
+        *,
+        last_closed: Callable[[str], int | None] = lambda symbol: None,
+        rest: KlineClient | None = None,
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        self.last_closed = last_closed
+        self.parser = Parser(config.symbols)
+        self.rest = rest if rest is not None else KlineClient(config.preset, counter=self.parser.counter)
+        streams = stream_names(config.symbols, config.interval, config.tickers)
+        per_conn = config.preset.max_streams
+        self.connections = []
+        for i, url in enumerate(stream_urls(config.preset.ws_base, streams, per_conn)):
+            chunk = streams[i * per_conn:(i + 1) * per_conn]
+            symbols = sorted({s.split("@")[0].upper() for s in chunk})
+            hook = self._on_connected if config.backfill else None
+            self.connections.append(Connection(url, symbols, config, self.parser, queue, hook))
+        self._requests: asyncio.Queue[tuple[list[str], int | None]] = asyncio.Queue()
+        self._backfill = ""
+        self._backfill_errors = 0
+        self._rate = 0.0
+        self.backfilled_rows = 0
+
+    async def run(self) -> None:
+        """Run until cancelled; cancelling stops every connection and backfill."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for conn in self.connections:
+                    tg.create_task(conn.run())
+                tg.create_task(self._backfills())
+                tg.create_task(self._meter())
+        finally:
+            await self.rest.aclose()
+
+    def repair(self, symbol: str) -> None:
+        """Fetch ``symbol``'s missing closed candles over REST (a final never came)."""
+        if self.config.backfill:
+            self._requests.put_nowait(([symbol], None))
+
+    def _on_connected(self, symbols: list[str], server_now_ms: int) -> None:
+        self._requests.put_nowait((symbols, server_now_ms))
+
+    async def _backfills(self) -> None:
+        step = interval_ms(self.config.interval)
+        while True:
+            symbols, now_ms = await self._requests.get()
+            now_ms = now_ms or self._server_now()
+            for i, symbol in enumerate(symbols, 1):
+                last = self.last_closed(symbol)
+                start = last + step if last is not None else (now_ms // step - self.config.lookback) * step
+                self._backfill = f"backfilling {symbol} ({i}/{len(symbols)})"
+                try:
+                    frame = await self.rest.fetch(symbol, self.config.interval, start, closed_before=now_ms)
+                except RestError as exc:
+                    self._backfill_errors += 1
+                    log.warning("backfill of %s failed, retrying in 30 s: %s", symbol, exc)
+                    asyncio.get_running_loop().call_later(30, self._requests.put_nowait, ([symbol], None))
+                    continue
+                if frame.height:
+                    self.backfilled_rows += frame.height
+                    await self.queue.put(Batch(rest=frame))
+            self._backfill = ""
+
+    def _server_now(self) -> int:
+        """The exchange's clock as last seen on the stream (a local exchange may run fast)."""
+        seen = [c.status.last_event_ms for c in self.connections if c.status.last_event_ms]
+        return max(seen) if seen else int(time.time() * 1000)
+
+    async def _meter(self) -> None:
+        last, then = self._messages(), time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            now, count = time.monotonic(), self._messages()
+            self._rate = (count - last) / (now - then)
+            last, then = count, now
+
+    def _messages(self) -> int:
+        return sum(c.status.messages for c in self.connections)
+
+    def status(self) -> FeedStatus:
+        statuses: list[ConnectionStatus] = [c.status for c in self.connections]
+        order = ["offline", "reconnecting", "connecting", "connected"]
+        worst = min(statuses, key=lambda s: order.index(s.state))
+        last_event = max((s.last_event_ms for s in statuses if s.last_event_ms), default=None)
+        now = time.monotonic()
+        return FeedStatus(
+            state="live" if worst.state == "connected" else worst.state,
+            reason=worst.reason,
+            retry_in=max(0.0, worst.retry_at - now) if worst.retry_at else None,
+            messages=self._messages(),
+            messages_per_s=self._rate,
+            last_event_ms=last_event,
+            lag_ms=time.time() * 1000 - last_event if last_event else None,
+            reconnects=sum(s.reconnects for s in statuses),
+            rejected=self.parser.rejected,
+            backfill=self._backfill,
+            backfill_errors=self._backfill_errors,
+        )

@@ -1,0 +1,375 @@
+"""A deterministic synthetic market, rendered in Binance's wire format.
+
+The local exchange (market/exchange.py) streams and serves what this module
+computes. Every 1m candle of a symbol is a pure function of (seed, symbol, minute
+index) and the previous close; every 250 ms update inside a minute is a prefix of a
+deterministic sub-path whose aggregate is exactly that candle. So the final
+(x=true) kline of a minute and the REST row for it are the same numbers, and two
+markets with the same seed and origin agree on everything.
+
+All quantities are integers in the symbol's display units (price ticks, quantity
+lots, quote units of 10^-(price_decimals + qty_decimals)), so sums are exact and
+formatting never rounds differently in two places. Longer intervals and the 24h
+ticker are exact aggregates of the 1m candles.
+
+This module plays Binance: it formats the wire itself and must not import our
+parser (market/binance.py).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+MINUTE_MS = 60_000
+STEP_MS = 250  # Binance futures pushes kline updates every 250 ms
+STEPS = MINUTE_MS // STEP_MS
+BLOCK = 1440  # minutes generated per numpy call
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class SymbolSpec:
+    """How one synthetic symbol trades: price level, volatility and turnover."""
+
+    symbol: str
+    price: float  # starting price
+    sigma: float  # per-minute log-return std in a calm market
+    daily_quote: float  # quote (USDT) volume per day
+    rho: float = 0.6  # correlation with the market factor
+
+    @property
+    def price_decimals(self) -> int:
+        return int(min(7, max(1, 5 - math.floor(math.log10(self.price)))))
+
+    @property
+    def qty_decimals(self) -> int:
+        return int(min(3, max(0, round(math.log10(self.price)) - 1)))
+
+    @property
+    def quote_decimals(self) -> int:
+        return self.price_decimals + self.qty_decimals
+
+
+# (symbol, price, per-minute sigma in %, daily quote volume in M USDT)
+_TABLE = """
+BTCUSDT 68000 .08 15000|ETHUSDT 3200 .11 8000|SOLUSDT 150 .16 2500|XRPUSDT 0.55 .15 1500
+DOGEUSDT 0.12 .18 1200|BNBUSDT 580 .10 600|ADAUSDT 0.45 .16 400|1000PEPEUSDT 0.011 .25 600
+SUIUSDT 1.2 .22 700|LINKUSDT 14 .17 400|AVAXUSDT 30 .18 350|LTCUSDT 80 .14 300
+BCHUSDT 400 .15 300|DOTUSDT 6.5 .16 200|TRXUSDT 0.12 .09 150|NEARUSDT 5 .19 250
+UNIUSDT 8 .18 200|APTUSDT 8 .20 200|ARBUSDT 0.8 .20 200|OPUSDT 1.8 .20 150
+ATOMUSDT 7 .17 120|FILUSDT 4.5 .19 150|ETCUSDT 25 .16 150|INJUSDT 22 .22 150
+SEIUSDT 0.4 .24 120|TIAUSDT 6 .24 120|WIFUSDT 2 .30 400|1000SHIBUSDT 0.018 .18 150
+1000BONKUSDT 0.025 .28 200|ORDIUSDT 35 .28 200|AAVEUSDT 150 .18 300|MKRUSDT 2200 .17 80
+LDOUSDT 1.8 .21 120|FETUSDT 1.3 .24 250|RENDERUSDT 7 .23 150|TAOUSDT 350 .26 200
+ENAUSDT 0.6 .26 400|WLDUSDT 2.5 .26 300|STXUSDT 1.8 .22 80|ICPUSDT 9 .20 100
+HBARUSDT 0.08 .19 200|XLMUSDT 0.1 .15 150|ALGOUSDT 0.15 .18 80|GALAUSDT 0.03 .22 80
+SANDUSDT 0.4 .20 80|CRVUSDT 0.4 .24 150|DYDXUSDT 1.5 .24 80|JUPUSDT 0.9 .25 120
+PENDLEUSDT 4 .26 100|ONDOUSDT 1.0 .25 200
+"""
+
+
+def _parse_table() -> tuple[SymbolSpec, ...]:
+    specs = []
+    for item in _TABLE.replace("\n", "|").split("|"):
+        if item.strip():
+            sym, price, sigma, vol = item.split()
+            rho = {"BTCUSDT": 0.95, "ETHUSDT": 0.85}.get(sym, 0.6)
+            specs.append(SymbolSpec(sym, float(price), float(sigma) / 100, float(vol) * 1e6, rho))
+    return tuple(specs)
+
+
+DEFAULT_SPECS: tuple[SymbolSpec, ...] = _parse_table()
+DEFAULT_SYMBOLS: tuple[str, ...] = tuple(s.symbol for s in DEFAULT_SPECS)
+
+
+def spec_for(symbol: str) -> SymbolSpec:
+    """The table's spec, or a deterministic made-up one for an unknown symbol."""
+    for spec in DEFAULT_SPECS:
+        if spec.symbol == symbol:
+            return spec
+    h = zlib.crc32(symbol.encode())
+    return SymbolSpec(symbol, 10 ** ((h % 4000) / 1000 - 2), 0.002, 50e6)
+
+
+class Candle(NamedTuple):
+    """A candle (or a window) in integer display units, as of some moment."""
+
+    open_time: int
+    close_time: int
+    o: int
+    h: int
+    l: int  # noqa: E741
+    c: int
+    v: int  # base volume, lots
+    n: int  # trades
+    bv: int  # taker buy base volume, lots
+    q: int  # quote volume, quote units
+    bq: int  # taker buy quote volume, quote units
+    first_id: int
+    last_id: int
+    closed: bool
+    last_qty: int  # lots in the latest step (the ticker's "Q")
+
+
+class _Path:
+    """One symbol's 1m candles from the origin, extended a block at a time."""
+
+    FIELDS = ("o", "h", "l", "c", "v", "n", "bv", "q", "bq", "fid")
+
+    def __init__(self, spec: SymbolSpec) -> None:
+        self.spec = spec
+        self.cols: dict[str, np.ndarray] = {f: np.zeros(0, np.int64) for f in self.FIELDS}
+        self.cum: dict[str, np.ndarray] = {}
+        self.last_close = max(1, round(spec.price * 10**spec.price_decimals))
+        self.next_id = 1_000_000 + zlib.crc32(spec.symbol.encode()) % 9_000_000
+
+    def __len__(self) -> int:
+        return len(self.cols["c"])
+
+
+class SyntheticMarket:
+    """Deterministic minute candles and 250 ms sub-paths for a set of symbols.
+
+    ``origin_ms`` (a minute boundary) is minute 0: nothing exists before it.
+    """
+
+    def __init__(self, specs: tuple[SymbolSpec, ...], seed: int, origin_ms: int) -> None:
+        if origin_ms % MINUTE_MS:
+            raise ValueError("origin_ms must be a minute boundary")
+        self.seed = int(seed)
+        self.origin_ms = origin_ms
+        self.specs = {s.symbol: s for s in specs}
+        self._paths = {s.symbol: _Path(s) for s in specs}
+        self._market: list[tuple[np.ndarray, np.ndarray]] = []
+        self._market_state = 0.0
+        self._subs: dict[tuple[str, int], tuple[list[int], ...]] = {}
+
+    # -- minute level ------------------------------------------------------
+
+    def _market_block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Shared factor (z, vol multiplier) for block b; blocks chain, so build in order."""
+        while len(self._market) <= b:
+            k = len(self._market)
+            rng = np.random.default_rng([self.seed, k])
+            z = rng.standard_t(4, BLOCK) / math.sqrt(2.0)
+            eps = rng.standard_normal(BLOCK) * 0.3 * math.sqrt(1 - 0.998**2)
+            regime = np.empty(BLOCK)
+            h = self._market_state
+            for i in range(BLOCK):  # AR(1) vol regime, half-life ~6 h
+                h = 0.998 * h + eps[i]
+                regime[i] = h
+            self._market_state = h
+            minute_of_day = ((self.origin_ms // MINUTE_MS + k * BLOCK + np.arange(BLOCK)) % 1440).astype(float)
+            season = 1 + 0.4 * np.exp(-(((minute_of_day - 870) / 120) ** 2)) + 0.15 * np.exp(-(((minute_of_day - 60) / 90) ** 2))
+            self._market.append((z, np.exp(regime) * season / 1.1))
+        return self._market[b]
+
+    def _extend(self, path: _Path, upto: int) -> None:
+        spec, pd, qd = path.spec, path.spec.price_decimals, path.spec.qty_decimals
+        key = zlib.crc32(spec.symbol.encode())
+        new = {f: [path.cols[f]] for f in path.FIELDS}
+        b = len(path) // BLOCK
+        while (b * BLOCK) <= upto:
+            zm, vm = self._market_block(b)
+            rng = np.random.default_rng([self.seed, key, b])
+            z = spec.rho * zm + math.sqrt(1 - spec.rho**2) * rng.standard_t(4, BLOCK) / math.sqrt(2.0)
+            sig = spec.sigma * vm
+            # weak pull back to the starting level so long runs stay realistic
+            pull = -0.05 * math.log(path.last_close / (spec.price * 10**pd)) / BLOCK
+            logc = math.log(path.last_close) + np.cumsum(sig * z + pull)
+            c = np.maximum(1, np.rint(np.exp(logc))).astype(np.int64)
+            o = np.concatenate(([path.last_close], c[:-1])).astype(np.int64)
+            top, bot = np.maximum(o, c), np.minimum(o, c)
+            h = top + np.rint(top * np.abs(rng.standard_normal(BLOCK)) * sig * 0.6).astype(np.int64)
+            l_ = np.maximum(1, bot - np.rint(bot * np.abs(rng.standard_normal(BLOCK)) * sig * 0.6)).astype(np.int64)
+            usd = spec.daily_quote / 1440 * vm**1.3 * np.exp(0.45 * rng.standard_normal(BLOCK) - 0.1) * (0.5 + 0.5 * np.abs(z))
+            v = np.maximum(1, np.rint(usd / (c / 10**pd) * 10**qd)).astype(np.int64)
+            trade_usd = 300 + spec.daily_quote / 2e6
+            n = np.maximum(1, np.rint(usd / trade_usd * np.exp(0.25 * rng.standard_normal(BLOCK)))).astype(np.int64)
+            share = np.clip(0.5 + 0.2 * np.tanh(z) + 0.08 * rng.standard_normal(BLOCK), 0.03, 0.97)
+            bv = np.rint(v * share).astype(np.int64)
+            vwap = np.rint(0.3 * (o + c) + 0.2 * (h + l_)).astype(np.int64)
+            fid = path.next_id + np.concatenate(([0], np.cumsum(n)[:-1]))
+            for f, arr in zip(path.FIELDS, (o, h, l_, c, v, n, bv, v * vwap, bv * vwap, fid)):
+                new[f].append(arr)
+            path.last_close = int(c[-1])
+            path.next_id = int(fid[-1] + n[-1])
+            b += 1
+        path.cols = {f: np.concatenate(parts) for f, parts in new.items()}
+        path.cum = {f: np.concatenate(([0], np.cumsum(path.cols[f]))) for f in ("v", "n", "bv", "q", "bq")}
+
+    def path(self, symbol: str, upto: int) -> _Path:
+        """The symbol's minute arrays, covering at least minute index ``upto``."""
+        p = self._paths[symbol]
+        if len(p) <= upto:
+            self._extend(p, upto)
+        return p
+
+    # -- sub-minute level --------------------------------------------------
+
+    def sub(self, symbol: str, i: int) -> tuple[list[int], ...]:
+        """Cumulative state after each 250 ms step of minute i: (last, high, low,
+        v, n, bv, q, bq); the last step equals the minute's candle exactly."""
+        hit = self._subs.get((symbol, i))
+        if hit is not None:
+            return hit
+        if len(self._subs) > 4 * len(self._paths) + 16:
+            self._subs.clear()
+        p = self.path(symbol, i)
+        o, h, l_, c, v, n, bv, q, bq = (int(p.cols[f][i]) for f in p.FIELDS[:-1])
+        rng = np.random.default_rng([self.seed, zlib.crc32(symbol.encode()), i, 1])
+        frac = np.arange(1, STEPS + 1) / STEPS
+        walk = np.cumsum(rng.standard_normal(STEPS))
+        bridge = walk - frac * walk[-1]
+        span = float(bridge.max() - bridge.min()) or 1.0
+        price = o + (c - o) * frac + bridge * (0.6 * (h - l_) / span)
+        ih, il = rng.integers(0, STEPS - 1, 2)
+        if il == ih:
+            il = (il + 1) % (STEPS - 1)
+        if h > max(o, c):
+            price[ih] = h
+        if l_ < min(o, c):
+            price[il] = l_
+        last = np.clip(np.rint(price), l_, h).astype(np.int64)
+        last[-1] = c
+        high = np.maximum.accumulate(np.maximum(last, o))
+        low = np.minimum.accumulate(np.minimum(last, o))
+        weights = np.cumsum(rng.gamma(0.6, size=STEPS))
+        share = weights / weights[-1]  # <= 1 everywhere, so prefixes never overshoot
+
+        def split(total: int, f: np.ndarray) -> list[int]:
+            out = np.maximum(min(1, total), np.floor(total * f)).astype(np.int64)
+            out[-1] = total
+            return out.tolist()
+
+        cv = split(v, share)
+        dq = np.diff(np.asarray(cv), prepend=0) * last
+        cq = np.cumsum(dq)
+        qshare = cq / cq[-1]
+        res = (last.tolist(), high.tolist(), low.tolist(), cv, split(n, share),
+               split(bv, share), split(q, qshare), split(bq, qshare))
+        self._subs[(symbol, i)] = res
+        return res
+
+    # -- aggregates --------------------------------------------------------
+
+    def _aggregate(self, symbol: str, a: int, b: int, part: int, j: int,
+                   open_time: int, close_time: int, closed: bool) -> Candle | None:
+        """Closed minutes [a, b) plus the first j steps of minute ``part``."""
+        p = self.path(symbol, max(b, part + 1))
+        cols, cum = p.cols, p.cum
+        a = max(a, 0)
+        if b > a:
+            o, c = int(cols["o"][a]), int(cols["c"][b - 1])
+            h, l_ = int(cols["h"][a:b].max()), int(cols["l"][a:b].min())
+            v, n, bv, q, bq = (int(cum[f][b] - cum[f][a]) for f in ("v", "n", "bv", "q", "bq"))
+            fid, lid = int(cols["fid"][a]), int(cols["fid"][b - 1] + cols["n"][b - 1] - 1)
+            lq = max(1, int(cols["v"][b - 1]) // STEPS)
+        elif j > 0:
+            o = int(cols["o"][part])
+            h = l_ = c = o
+            v = n = bv = q = bq = 0
+            fid = int(cols["fid"][part])
+            lid = lq = 0
+        else:
+            return None
+        if j > 0:
+            last, high, low, sv, sn, sbv, sq, sbq = self.sub(symbol, part)
+            s = j - 1
+            h, l_, c = max(h, high[s]), min(l_, low[s]), last[s]
+            v, n, bv, q, bq = v + sv[s], n + sn[s], bv + sbv[s], q + sq[s], bq + sbq[s]
+            lid = int(cols["fid"][part]) + sn[s] - 1
+            lq = max(1, sv[s] - (sv[s - 1] if s else 0))
+        return Candle(open_time, close_time, o, h, l_, c, v, n, bv, q, bq, fid, lid, closed, lq)
+
+    def _split_time(self, t_ms: int) -> tuple[int, int]:
+        """(minute index containing t, whole 250 ms steps of it elapsed at t)."""
+        rel = t_ms - self.origin_ms
+        return rel // MINUTE_MS, (rel % MINUTE_MS) // STEP_MS
+
+    def candle(self, symbol: str, interval_ms: int, open_ms: int, t_ms: int) -> Candle | None:
+        """The candle opening at ``open_ms`` as seen at ``t_ms``: final (closed) once
+        t_ms >= its end, else its values so far; None if nothing happened yet."""
+        end = open_ms + interval_ms
+        a = (open_ms - self.origin_ms) // MINUTE_MS
+        if t_ms >= end:
+            b = a + interval_ms // MINUTE_MS
+            if b <= 0:
+                return None
+            return self._aggregate(symbol, a, b, b, 0, open_ms, end - 1, True)
+        part, j = self._split_time(t_ms)
+        if part < 0:
+            return None
+        return self._aggregate(symbol, a, part, part, j, open_ms, end - 1, False)
+
+    def candles(self, symbol: str, interval_ms: int, first_open: int, last_open: int,
+                t_ms: int) -> list[Candle]:
+        """Every candle opening in [first_open, last_open] that exists at t_ms, in
+        order; the last one may still be forming."""
+        lo = max(first_open, self.origin_ms - (self.origin_ms % interval_ms))
+        lo += -lo % interval_ms
+        hi = min(last_open, t_ms)
+        out = []
+        for open_ms in range(lo, hi + 1, interval_ms):
+            k = self.candle(symbol, interval_ms, open_ms, t_ms)
+            if k is not None:
+                out.append(k)
+        return out
+
+    def window(self, symbol: str, t_ms: int) -> Candle | None:
+        """The rolling 24 h window ending at t_ms (what a 24hrTicker reports)."""
+        part, j = self._split_time(t_ms)
+        a = part + 1 - 1440 if j else part - 1440
+        return self._aggregate(symbol, a, part, part, j, t_ms - DAY_MS, t_ms, False)
+
+
+# -- Binance wire format ----------------------------------------------------
+
+
+def fixed(units: int, decimals: int) -> str:
+    """``units`` * 10^-decimals as an exact decimal string ("12.3400")."""
+    if decimals == 0:
+        return str(units)
+    sign, digits = ("-", str(-units)) if units < 0 else ("", str(units))
+    digits = digits.rjust(decimals + 1, "0")
+    return f"{sign}{digits[:-decimals]}.{digits[-decimals:]}"
+
+
+def kline_data(spec: SymbolSpec, interval: str, k: Candle, event_ms: int, final: bool) -> str:
+    """The ``data`` object of a futures ``<sym>@kline_<interval>`` frame, as JSON text."""
+    pd, qd, sd = spec.price_decimals, spec.qty_decimals, spec.quote_decimals
+    s = spec.symbol
+    return (
+        f'{{"e":"kline","E":{event_ms},"s":"{s}","k":{{"t":{k.open_time},"T":{k.close_time},'
+        f'"s":"{s}","i":"{interval}","f":{k.first_id},"L":{k.last_id},"o":"{fixed(k.o, pd)}",'
+        f'"c":"{fixed(k.c, pd)}","h":"{fixed(k.h, pd)}","l":"{fixed(k.l, pd)}","v":"{fixed(k.v, qd)}",'
+        f'"n":{k.n},"x":{"true" if final else "false"},"q":"{fixed(k.q, sd)}","V":"{fixed(k.bv, qd)}",'
+        f'"Q":"{fixed(k.bq, sd)}","B":"0"}}}}'
+    )
+
+
+def ticker_data(spec: SymbolSpec, w: Candle, event_ms: int) -> str:
+    """The ``data`` object of a futures ``<sym>@ticker`` (24hrTicker) frame."""
+    pd, qd, sd = spec.price_decimals, spec.qty_decimals, spec.quote_decimals
+    s = spec.symbol
+    avg = w.q / w.v / 10**pd if w.v else w.c / 10**pd
+    return (
+        f'{{"e":"24hrTicker","E":{event_ms},"s":"{s}","p":"{fixed(w.c - w.o, pd)}",'
+        f'"P":"{100 * (w.c - w.o) / w.o:.3f}","w":"{avg:.{pd}f}","c":"{fixed(w.c, pd)}",'
+        f'"Q":"{fixed(w.last_qty, qd)}","o":"{fixed(w.o, pd)}","h":"{fixed(w.h, pd)}",'
+        f'"l":"{fixed(w.l, pd)}","v":"{fixed(w.v, qd)}","q":"{fixed(w.q, sd)}",'
+        f'"O":{w.open_time},"C":{w.close_time},"F":{w.first_id},"L":{w.last_id},"n":{w.n}}}'
+    )
+
+
+def rest_row(spec: SymbolSpec, k: Candle) -> list:
+    """One REST klines row, exactly as Binance prints it."""
+    pd, qd, sd = spec.price_decimals, spec.qty_decimals, spec.quote_decimals
+    return [k.open_time, fixed(k.o, pd), fixed(k.h, pd), fixed(k.l, pd), fixed(k.c, pd),
+            fixed(k.v, qd), k.close_time, fixed(k.q, sd), k.n, fixed(k.bv, qd),
+            fixed(k.bq, sd), "0"]

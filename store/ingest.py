@@ -1,0 +1,215 @@
+"""The pipeline: stream -> live state -> store, headless. The dashboard runs the same class.
+
+    python -m store.ingest --db market.duckdb --symbols BTCUSDT,ETHUSDT --duration 600
+    python -m store.ingest --ws-url ws://127.0.0.1:9000/market --rest-url http://127.0.0.1:9000
+
+Reading, state and writing are decoupled: connections hand coalesced batches to
+a queue; one consumer folds them into ``LiveState`` and queues rows on the
+``Writer``; the writer flushes every ``flush_every`` s in a worker thread,
+keeping rows in memory while another process holds the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from market.binance import DEFAULT_PRESET, DEFAULT_SYMBOLS, Preset, custom_preset, get_preset
+from market.feed import Feed, FeedStatus
+from market.live import LiveState
+from market.stream import Batch, FeedConfig
+from store.db import StoreError, resolve_db
+from store.history import recent_klines
+from store.writer import Writer, WriterStatus
+
+log = logging.getLogger("store.ingest")
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    """Everything the pipeline needs; built from CLI flags or the dashboard's --args."""
+
+    db: Path | None = None
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    interval: str = "1m"
+    exchange: str = DEFAULT_PRESET
+    ws_url: str | None = None
+    rest_url: str | None = None
+    backfill: bool = True
+    lookback: int = 1000
+    flush_every: float = 1.0
+    keep: int = 2000
+    watchdog: float = 20.0
+    queue_size: int = 1024
+
+    def preset(self) -> Preset:
+        if self.ws_url or self.rest_url:
+            if not (self.ws_url and self.rest_url):
+                raise ValueError("--ws-url and --rest-url go together")
+            return custom_preset(self.ws_url, self.rest_url, like=self.exchange)
+        return get_preset(self.exchange)
+
+    def feed_config(self) -> FeedConfig:
+        return FeedConfig(
+            preset=self.preset(), symbols=self.symbols, interval=self.interval,
+            watchdog=self.watchdog, backfill=self.backfill, lookback=self.lookback,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineStatus:
+    feed: FeedStatus
+    store: WriterStatus
+    started: bool
+
+    def describe(self) -> str:
+        text = self.feed.describe()
+        if self.store.pending_rows and self.store.last_error:
+            text += f"; {self.store.pending_rows:,} rows waiting for the database ({self.store.last_error})"
+        return text
+
+
+class Pipeline:
+    """Start with ``await run()``; stop by cancelling it (the final flush happens then)."""
+
+    def __init__(self, config: IngestConfig, *, writer: Writer | None = None) -> None:
+        self.config = config
+        self.db = resolve_db(config.db)
+        self.writer = writer or Writer(self.db)
+        self.state = LiveState(list(config.symbols), config.interval, keep=config.keep)
+        self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=config.queue_size)
+        self.feed = Feed(config.feed_config(), self.queue, last_closed=self.state.last_closed)
+        self.started = asyncio.Event()
+        self.batches = 0
+
+    def status(self) -> PipelineStatus:
+        return PipelineStatus(self.feed.status(), self.writer.status(), self.started.is_set())
+
+    async def run(self) -> None:
+        try:
+            await self._load_history()
+            self.started.set()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.feed.run())
+                tg.create_task(self._consume())
+                tg.create_task(self._housekeeping())
+        finally:
+            self._drain()
+            await asyncio.shield(asyncio.to_thread(self.writer.close))
+
+    async def _load_history(self) -> None:
+        try:
+            history = await asyncio.to_thread(
+                recent_klines, self.config.symbols, self.config.interval, self.config.keep, db=self.db
+            )
+        except StoreError as exc:
+            log.warning("starting without stored history: %s", exc)
+            return
+        self.state.seed(history)
+        log.info("loaded %d stored candles for %d symbols", history.height, history["symbol"].n_unique())
+
+    async def _consume(self) -> None:
+        while True:
+            self._apply(await self.queue.get())
+
+    def _apply(self, batch: Batch) -> None:
+        changes = self.state.apply(batch)
+        self.batches += 1
+        if changes.klines.height:
+            self.writer.add_klines(changes.klines)
+            self.writer.add_indicators(changes.indicators)
+
+    def _drain(self) -> None:
+        """Fold in what is still queued or half-read, so a stop loses no closed candle."""
+        while not self.queue.empty():
+            self._apply(self.queue.get_nowait())
+        for conn in self.feed.connections:
+            batch, conn._batch = conn._batch, Batch()
+            if batch:
+                self._apply(batch)
+        if self.state.tickers:
+            self.writer.add_tickers(self.state.tickers_frame())
+
+    async def _housekeeping(self) -> None:
+        """Every flush interval: tickers to the store, a flush, missing finals repaired."""
+        ticker_version = -1
+        asked: dict[str, float] = {}
+        every = self.config.flush_every
+        while True:
+            await asyncio.sleep(every)
+            if self.state.version != ticker_version and self.state.tickers:
+                ticker_version = self.state.version
+                self.writer.add_tickers(self.state.tickers_frame())
+            await asyncio.to_thread(self.writer.flush)
+            now_ms = self.feed.status().last_event_ms or int(time.time() * 1000)
+            for symbol in self.state.missing_finals(now_ms):
+                if time.monotonic() - asked.get(symbol, 0.0) > 30:
+                    asked[symbol] = time.monotonic()
+                    log.info("no final candle for %s yet: fetching it over REST", symbol)
+                    self.feed.repair(symbol)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[IngestConfig, float | None]:
+    p = argparse.ArgumentParser(prog="python -m store.ingest", description="Ingest Binance klines into DuckDB (no UI).")
+    p.add_argument("--db", type=Path, help="database file (default: $MARKET_DB or store/market.duckdb)")
+    p.add_argument("--symbols", help="comma-separated, e.g. BTCUSDT,ETHUSDT (default: 50 liquid USD-M perps)")
+    p.add_argument("--interval", default="1m")
+    p.add_argument("--exchange", default=DEFAULT_PRESET, help="preset: binance-futures, binance-spot, binance-us, ...")
+    p.add_argument("--ws-url", help="stream base without /stream, e.g. wss://fstream.binance.com/market")
+    p.add_argument("--rest-url", help="REST base, e.g. https://fapi.binance.com")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (exit 0)")
+    p.add_argument("--no-backfill", action="store_true", help="WebSocket only: no REST gap repair")
+    p.add_argument("--lookback", type=int, default=1000, help="candles to fetch for a symbol never stored")
+    p.add_argument("--flush-every", type=float, default=1.0, help="seconds between database flushes")
+    p.add_argument("--log-every", type=float, default=10.0, help="seconds between status lines")
+    a = p.parse_args(argv)
+    symbols = tuple(s.strip().upper() for s in a.symbols.split(",") if s.strip()) if a.symbols else DEFAULT_SYMBOLS
+    config = IngestConfig(
+        db=a.db, symbols=symbols, interval=a.interval, exchange=a.exchange, ws_url=a.ws_url,
+        rest_url=a.rest_url, backfill=not a.no_backfill, lookback=a.lookback, flush_every=a.flush_every,
+    )
+    config.feed_config()  # validate presets, URLs and interval before starting
+    return config, a.duration, a.log_every
+
+
+async def _main(config: IngestConfig, duration: float | None, log_every: float) -> None:
+    pipeline = Pipeline(config)
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    log.info("ingesting %d symbols (%s) into %s", len(config.symbols), config.interval, pipeline.db)
+    try:
+        async with asyncio.timeout(duration):
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(pipeline.run())
+                while True:
+                    await asyncio.sleep(log_every)
+                    st = pipeline.status()
+                    log.info("%s; %d candles written", st.describe(), st.store.written_rows)
+    except (TimeoutError, asyncio.CancelledError):
+        pass
+    st = pipeline.status()
+    log.info("stopped: %d rows written, %d pending, rejected frames %s",
+             st.store.written_rows, st.store.pending_rows, st.feed.rejected or "none")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config, duration, log_every = parse_args(argv)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_main(config, duration, log_every))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
