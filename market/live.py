@@ -86,7 +86,7 @@ class LiveState:
         new = new.unique(KEY, keep="last", maintain_order=True)
         firsts = new.group_by("symbol").agg(pl.col("open_time").min().alias("_first"))
         merged = (
-            pl.concat([self.closed.select(KLINE_SCHEMA), new])
+            pl.concat([self.closed.select(list(KLINE_SCHEMA)), new])
             .unique(KEY, keep="last", maintain_order=True)
             .sort("symbol", "open_time")
         )
@@ -111,8 +111,8 @@ class LiveState:
             .filter(pl.col("open_time") >= pl.col("_first"))
             .drop("_first")
         )
-        indicators = computed.select(INDICATOR_SCHEMA)
-        old = self.closed.select(KEY, *IND_COLS)
+        indicators = computed.select(list(INDICATOR_SCHEMA))
+        old = self.closed.select(*KEY, *IND_COLS)
         keep = self.keep
         self.closed = (
             merged.join(
@@ -121,7 +121,7 @@ class LiveState:
             )
             .sort("symbol", "open_time")
             .filter(pl.int_range(pl.len()).over("symbol") >= pl.len().over("symbol") - keep)
-            .select(CLOSED_SCHEMA)
+            .select(list(CLOSED_SCHEMA))
         )
         lasts = self.closed.group_by("symbol").agg(pl.col("open_time").max().dt.epoch("ms"))
         for sym, t in lasts.iter_rows():
@@ -131,7 +131,7 @@ class LiveState:
                 del self.forming[sym]
         self.closed_version += 1
         symbols = frozenset(firsts["symbol"].to_list())
-        return Changes(klines=new.select(KLINE_SCHEMA), indicators=indicators, symbols=symbols)
+        return Changes(klines=new.select(list(KLINE_SCHEMA)), indicators=indicators, symbols=symbols)
 
     # -- reads (cheap, immutable results) -----------------------------------------
     def candles(self, symbol: str, after: object | None = None) -> pl.DataFrame:
@@ -159,7 +159,7 @@ class LiveState:
     def snapshot(self) -> pl.DataFrame:
         """One row per symbol: last price, 24h stats, live RSI/StochRSI (forming candle included)."""
         forming = self.forming_frame()
-        base = pl.concat([self.closed.select(KLINE_SCHEMA), forming]).unique(KEY, keep="last")
+        base = pl.concat([self.closed.select(list(KLINE_SCHEMA)), forming]).unique(KEY, keep="last")
         if base.height == 0:
             return pl.DataFrame(schema={"symbol": pl.String()})
         live = tail_indicators(base, last_n=1).select(

@@ -33,7 +33,7 @@ def recent_klines(symbols: Sequence[str], interval: str, per_symbol: int, *, db:
             ORDER BY symbol, open_time""",
         [interval, list(symbols), per_symbol],
         db=db,
-    ).select(KLINE_SCHEMA)
+    ).select(list(KLINE_SCHEMA))
 
 
 def klines(
@@ -54,7 +54,7 @@ def klines(
             ORDER BY open_time""",
         [symbol, interval, start, end],
         db=db,
-    ).select(KLINE_SCHEMA)
+    ).select(list(KLINE_SCHEMA))
 
 
 def with_indicators(symbol: str, interval: str = "1m", *, db: Db = None, limit: int | None = None) -> pl.DataFrame:
