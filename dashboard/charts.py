@@ -19,10 +19,13 @@ The heatmap lives in :mod:`dashboard.heatmap`.
 
 from __future__ import annotations
 
+import weakref
+
 import holoviews as hv
 import numpy as np
 import pandas as pd
 import polars as pl
+from bokeh.models import ColumnDataSource, HoverTool
 
 from market.schema import interval_ms
 
@@ -256,7 +259,9 @@ def price_layout(
             raise TypeError("with a Buffer of closed candles, forming must be a Pipe or None")
         ctl.attach(closed, forming)
         price = hv.DynamicMap(candles, streams=[closed])
-        vol = hv.DynamicMap(volume, streams=[closed])
+        # An overlay like the other panels (a bare Rectangles plot fails with
+        # apply_ranges=False in HoloViews 1.23).
+        vol = hv.DynamicMap(lambda data: hv.Overlay([volume(data)]), streams=[closed])
         osc = hv.DynamicMap(rsi_line, streams=[closed])
         sto = hv.DynamicMap(stoch_lines, streams=[closed])
     else:
@@ -280,7 +285,174 @@ def price_layout(
         (sto * bands(20, 80), "stoch", 0.19, dict(ylabel="StochRSI", ylim=(0, 100))),
     ]
     return hv.Layout([
-        obj.opts(hv.opts.Overlay(height=int(height * share), hooks=[ctl.hook(kind)],
-                                 **common, **extra))
+        obj.opts(height=int(height * share), hooks=[ctl.hook(kind)], **common, **extra)
         for obj, kind, share, extra in panels
     ]).cols(1).opts(shared_axes=True, merge_tools=True)
+
+
+# --- view control and the forming candle (plain Bokeh, per rendered layout) --------
+
+
+def _ms(value) -> float:
+    """A Bokeh datetime range value (ms float, datetime64 or datetime) as ms."""
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    return (pd.Timestamp(value) - pd.Timestamp(0)) / pd.Timedelta(milliseconds=1)
+
+
+def _col_ms(frame: pd.DataFrame, col: str) -> np.ndarray:
+    return frame[col].to_numpy().astype("datetime64[us]").astype("int64") / 1000.0
+
+
+def _bars(closed: pd.DataFrame, forming: pd.DataFrame) -> pd.DataFrame:
+    return closed if forming.empty else pd.concat([closed, forming], ignore_index=True)
+
+
+def _x_window(bars: pd.DataFrame, window: int | None) -> tuple[float, float] | None:
+    """The live view: the last ``window`` bars plus a 3-bar margin on the right."""
+    if bars.empty:
+        return None
+    left, right = _col_ms(bars, "left"), _col_ms(bars, "right")
+    step = (right[-1] - left[-1]) / 0.8
+    count = len(bars) if window is None else window
+    start = max(right[-1] - count * step, left[0] - step)
+    return start, right[-1] + 3 * step
+
+
+def _y_fit(bars: pd.DataFrame, x0: float, x1: float, lo: str, hi: str,
+           pad: tuple[float, float]) -> tuple[float, float] | None:
+    """y range of the bars overlapping [x0, x1], padded by fractions of the span."""
+    seen = (_col_ms(bars, "right") >= x0) & (_col_ms(bars, "left") <= x1)
+    if not seen.any():
+        return None
+    y0, y1 = np.nanmin(bars[lo].to_numpy()[seen]), np.nanmax(bars[hi].to_numpy()[seen])
+    if not (np.isfinite(y0) and np.isfinite(y1)):
+        return None
+    span = (y1 - y0) or abs(y1) or 1.0
+    return y0 - pad[0] * span, y1 + pad[1] * span
+
+
+_Y_FIT = {"price": ("low", "high", (0.05, 0.05)), "volume": ("zero", "volume", (0, 0.1))}
+
+
+def _unfollow(fig) -> None:
+    """Drop HoloViews' zoom handlers: they stop data updates until reset is pressed."""
+    callbacks = getattr(fig, "_event_callbacks", {})
+    for event in ("rangesupdate", "reset"):
+        if event in callbacks:
+            callbacks[event] = [cb for cb in callbacks[event] if getattr(
+                cb, "__name__", "") not in ("_disable_follow", "_reset_follow")]
+
+
+def _source_data(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {c: frame[c].to_numpy() for c in CHART_COLUMNS}
+
+
+class _View:
+    """Per-layout glue: opening window, following the live end, forming-candle glyphs.
+
+    Holds only weak references to Bokeh models, so a closed session's figures are
+    not kept alive by the streams.
+    """
+
+    def __init__(self, window: int | None) -> None:
+        self.window = window
+        self.frames: tuple[pd.DataFrame, pd.DataFrame] | None = None
+        self.buffer: hv.streams.Buffer | None = None
+        self.pipe: hv.streams.Pipe | None = None
+        self._figs: list[tuple[str, weakref.ref]] = []
+        self._sources: list[tuple[str, weakref.ref]] = []
+        self._edge: float | None = None
+
+    def attach(self, buffer: hv.streams.Buffer, pipe: hv.streams.Pipe) -> None:
+        self.buffer, self.pipe = buffer, pipe
+        # Below HoloViews' own precedence: runs before the plots refresh.
+        pipe.add_subscriber(self._on_update, precedence=0.9)
+        buffer.add_subscriber(self._on_update, precedence=0.9)
+
+    def data(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        if self.buffer is not None:
+            return self.buffer.data, self.pipe.data
+        return self.frames
+
+    def hook(self, kind: str):
+        def hook(plot, element) -> None:
+            if plot.handles.get("_view"):  # hooks also run on every update
+                return
+            plot.handles["_view"] = True
+            fig = plot.state
+            self._figs.append((kind, weakref.ref(fig)))
+            if self.buffer is not None:
+                _unfollow(fig)
+                self._add_forming(kind, fig, getattr(plot, "_js_on_data_callbacks", []))
+            self._set_view(kind, fig)
+        return hook
+
+    def _add_forming(self, kind: str, fig, js_callbacks) -> None:
+        closed, forming = self.data()
+        tail = kind in ("rsi", "stoch")
+        src = ColumnDataSource(_source_data(_tail(closed, forming) if tail else forming))
+        for cb in js_callbacks:  # HoloViews' y autorange, on this source's changes too
+            src.js_on_change("data", cb)
+        self._sources.append(("tail" if tail else "candle", weakref.ref(src)))
+        if kind == "price":
+            fig.segment("time", "low", "time", "high", color="color", source=src)
+            body = fig.quad(left="left", right="right", bottom="body_bottom", top="body_top",
+                            color="color", source=src)
+            fig.add_tools(HoverTool(renderers=[body], tooltips=_OHLCV,
+                                    formatters=_HOVER_FMT))
+        elif kind == "volume":
+            fig.quad(left="left", right="right", bottom="zero", top="volume", color="color",
+                     alpha=0.55, line_alpha=0, source=src)
+        elif kind == "rsi":
+            fig.line("time", "rsi", color=RSI_COLOR, line_dash="dotted", source=src)
+        else:
+            fig.line("time", "stoch_k", color=K_COLOR, line_dash="dotted", source=src)
+            fig.line("time", "stoch_d", color=D_COLOR, line_dash="dotted", source=src)
+
+    def _set_view(self, kind: str, fig) -> None:
+        if self.window is None and self.buffer is None:
+            return  # notebooks: HoloViews' full-range view
+        bars = _bars(*self.data())
+        x = _x_window(bars, self.window)
+        if x is None:
+            return
+        fig.x_range.update(start=x[0], end=x[1], reset_start=x[0], reset_end=x[1])
+        if kind in _Y_FIT and (y := _y_fit(bars, *x, *_Y_FIT[kind])) is not None:
+            fig.y_range.update(start=y[0], end=y[1], reset_start=y[0], reset_end=y[1])
+
+    def _on_update(self, **_) -> None:
+        closed, forming = self.data()
+        for kind, ref in list(self._sources):
+            if (src := ref()) is None:
+                self._sources.remove((kind, ref))
+            else:
+                src.data = _source_data(forming if kind == "candle" else _tail(closed, forming))
+        self._follow(_bars(closed, forming))
+
+    def _follow(self, bars: pd.DataFrame) -> None:
+        """Scroll with new bars while the live end is on screen; keep reset current."""
+        live = _x_window(bars, self.window)
+        if live is None:
+            return
+        edge = _col_ms(bars, "right")[-1]
+        old, self._edge = self._edge, edge
+        figs = [(k, f) for k, r in self._figs if (f := r()) is not None]
+        xr = figs[0][1].x_range if figs else None
+        if xr is None:
+            return
+        step = edge - old if old is not None and edge > old else 0.0
+        scroll = step and _ms(xr.end) >= old - 0.5 * step
+        if scroll:
+            xr.update(start=_ms(xr.start) + step, end=_ms(xr.end) + step)
+        xr.update(reset_start=live[0], reset_end=live[1])
+        for kind, fig in figs:
+            if kind not in _Y_FIT:
+                continue
+            yr = fig.y_range
+            if (y := _y_fit(bars, *live, *_Y_FIT[kind])) is not None:
+                yr.update(reset_start=y[0], reset_end=y[1])
+            seen = _y_fit(bars, _ms(xr.start), _ms(xr.end), *_Y_FIT[kind])
+            if seen is not None and (scroll or seen[0] < yr.start or seen[1] > yr.end):
+                yr.update(start=min(seen[0], yr.start) if not scroll else seen[0],
+                          end=max(seen[1], yr.end) if not scroll else seen[1])

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import heapq
+import itertools
 import json
 import logging
 import math
@@ -39,7 +40,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from market.schema import KLINE_SCHEMA, TIME, empty, interval_ms
+from market.schema import INTERVAL_MS, KLINE_SCHEMA, TIME, empty, interval_ms
 from market.synthetic import (DEFAULT_SYMBOLS, MINUTE_MS, STEP_MS, Candle, SyntheticMarket,
                               kline_data, rest_row, spec_for, ticker_data)
 
@@ -131,6 +132,10 @@ def _json(status: int, body: Any, extra: tuple[tuple[str, str], ...] = ()) -> Re
     return Response(status, "Error", headers, data)
 
 
+def _text(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
 def _err(code: int, msg: str, status: int = 400) -> Response:
     return _json(status, {"code": code, "msg": msg})
 
@@ -148,6 +153,7 @@ class LocalExchange:
         self.market: SyntheticMarket | None = None
         self._recording: list[tuple[float, bytes]] = []
         self._recorded: dict[tuple[str, str], dict[int, list]] = {}
+        self._recorded_symbols: set[str] = set()
         if cfg.replay is not None:
             self._load_replay(cfg.replay)
         else:
@@ -166,7 +172,8 @@ class LocalExchange:
         self._stall_handle: asyncio.TimerHandle | None = None
         self._refuse_until, self._refuse_status = 0.0, 503
         self._duplicate, self._late_ms = False, 0
-        self._late: list[tuple[int, int, str, int]] = []
+        self._late: list[tuple[int, int, str, int]] = []  # (due, seq, stream, open_ms)
+        self._late_seq = itertools.count()
         self._rest_fail = (0, 429, 1.0)
         self._malformed_seq = 0
 
@@ -347,7 +354,7 @@ class LocalExchange:
             ims = interval_ms(interval)
         except ValueError:
             return _err(-1120, "Invalid interval.")
-        known = (self.market.specs if self.market else {s for s, _ in self._recorded} | set(self.config.symbols))
+        known = self.market.specs if self.market else self._recorded_symbols
         if sym not in known:
             return _err(-1121, "Invalid symbol.")
         limit, start, end = nums["limit"] or 500, nums["startTime"], nums["endTime"]
@@ -482,19 +489,19 @@ class LocalExchange:
         try:
             req = orjson.loads(message)
         except orjson.JSONDecodeError as exc:
-            return json.dumps({"error": {"code": 3, "msg": f"Invalid JSON: {exc}"}, "id": None})
+            return _text({"error": {"code": 3, "msg": f"Invalid JSON: {exc}"}, "id": None})
         rid = req.get("id") if isinstance(req, dict) else None
         if not isinstance(req, dict) or not isinstance(rid, (int, str)) or isinstance(rid, bool):
-            return json.dumps({"error": {"code": 2, "msg": "Invalid request: request ID must be an unsigned integer"}, "id": None})
+            return _text({"error": {"code": 2, "msg": "Invalid request: request ID must be an unsigned integer"}, "id": None})
         method, params = req.get("method"), req.get("params", [])
         if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
             if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-                return json.dumps({"error": {"code": 2, "msg": "Invalid request: invalid stream name"}, "id": rid})
+                return _text({"error": {"code": 2, "msg": "Invalid request: invalid stream name"}, "id": rid})
             (self._subscribe if method == "SUBSCRIBE" else self._unsubscribe)(conn, params)
-            return json.dumps({"result": None, "id": rid})
+            return _text({"result": None, "id": rid})
         if method == "LIST_SUBSCRIPTIONS":
-            return json.dumps({"result": list(conn.streams), "id": rid})
-        return json.dumps({"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"}, "id": rid})
+            return _text({"result": list(conn.streams), "id": rid})
+        return _text({"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"}, "id": rid})
 
     async def _deliver(self, conn: _Conn, frame: bytes) -> None:
         if not self._flowing.is_set():
@@ -532,8 +539,10 @@ class LocalExchange:
         _, frames = read_recording(path)
         self._recording = [(ts, raw.encode()) for ts, raw in frames]
         for _, raw in frames:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                k = orjson.loads(raw).get("data", {}).get("k")
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                data = orjson.loads(raw).get("data", {})
+                self._recorded_symbols.add(data["s"])
+                k = data.get("k")
                 if k and k["x"] is True:
                     row = [k["t"], k["o"], k["h"], k["l"], k["c"], k["v"], k["T"], k["q"], k["n"], k["V"], k["Q"], k.get("B", "0")]
                     self._recorded.setdefault((k["s"], k["i"]), {})[k["t"]] = row
@@ -541,7 +550,7 @@ class LocalExchange:
     def _malformed_frame(self, conn: _Conn, kind: str) -> bytes:
         stream = next((s for s in conn.streams if "@kline_" in s), "btcusdt@kline_1m")
         sym, _, interval = stream.partition("@kline_")
-        ims, now = interval_ms(interval) if interval in ("1m",) else MINUTE_MS, self.now_ms()
+        ims, now = INTERVAL_MS.get(interval, MINUTE_MS), self.now_ms()
         spec = spec_for(sym.upper())
         scale = 10 ** spec.price_decimals
         p = max(1, round(spec.price * scale))
@@ -552,8 +561,10 @@ class LocalExchange:
             return f'{{"stream":"{stream}","data":{{"e":"kline","E":{now},"s":'.encode()
         if kind == "missing_fields":
             del k["c"], k["v"], k["t"]
-        elif kind in ("non_numeric", "nan"):
-            k["x"], k["c"], k["h"] = True, ("abc" if kind == "non_numeric" else "NaN"), "NaN" if kind == "nan" else "1e"
+        elif kind == "non_numeric":
+            k["x"], k["c"] = True, "abc"
+        elif kind == "nan":
+            k["x"], k["c"], k["h"] = True, "NaN", "NaN"
         elif kind == "misaligned":
             k["x"], k["t"], k["T"] = True, k["t"] + 17_123, k["T"] + 17_123
         elif kind == "unknown_stream":
@@ -593,16 +604,18 @@ class LocalExchange:
             w = self.market.window(sym, t)
             return [ticker_data(spec, w, t)] if w else []
         if open_ms is None and t % ims == 0:  # a candle just closed
+            open_ms = t - ims
             if self._late_ms:
                 for _ in range(2 if self._duplicate else 1):
-                    heapq.heappush(self._late, (t + self._late_ms, id(stream) + len(self._late), stream, t - ims))
+                    heapq.heappush(self._late, (t + self._late_ms, next(self._late_seq), stream, t - ims))
                 return []
-            open_ms = t - ims
+            k = self.market.candle(sym, ims, open_ms, t)
+            data = kline_data(spec, interval, k, t, True) if k else None
+            return [] if data is None else [data, data] if self._duplicate else [data]
         k = self.market.candle(sym, ims, t - t % ims if open_ms is None else open_ms, t)
         if k is None:
             return []
-        data = kline_data(spec, interval, k, t, k.closed)
-        return [data, data] if k.closed and self._duplicate and not self._late_ms else [data]
+        return [kline_data(spec, interval, k, t, k.closed)]
 
     async def _tick(self, t: int) -> None:
         batches: dict[_Conn, list[bytes]] = {}

@@ -128,9 +128,11 @@ def _indicator_columns(
     # Global windows are safe: the first p rows of every group have a null RSI,
     # so any window reaching back into the previous group holds a null -> null.
     rsi = pl.col("rsi")
-    low = rsi.rolling_min(stoch_period, min_samples=stoch_period)
-    high = rsi.rolling_max(stoch_period, min_samples=stoch_period)
-    span = high - low
+    lf = lf.with_columns(
+        _low=rsi.rolling_min(stoch_period, min_samples=stoch_period),
+        _high=rsi.rolling_max(stoch_period, min_samples=stoch_period),
+    )
+    low, span = pl.col("_low"), pl.col("_high") - pl.col("_low")
     lf = lf.with_columns(
         _stoch=pl.when(span > FLAT_RSI_RANGE).then(100.0 * (rsi - low) / span)
     )
@@ -141,7 +143,7 @@ def _indicator_columns(
     )
     return lf.drop(
         "_gid", "_close", "_gain", "_loss", "_warm", "_seed", "_avg_gain", "_avg_loss",
-        "_stoch",
+        "_low", "_high", "_stoch",
     )
 
 

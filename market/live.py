@@ -120,7 +120,8 @@ class LiveState:
                 on=KEY, how="left",
             )
             .sort("symbol", "open_time")
-            .filter(pl.int_range(pl.len()).over("symbol") >= pl.len().over("symbol") - keep)
+            # pl.len() is unsigned: subtracting from it would wrap around
+            .filter(pl.int_range(pl.len()).over("symbol") >= pl.len().over("symbol").cast(pl.Int64) - keep)
             .select(list(CLOSED_SCHEMA))
         )
         lasts = self.closed.group_by("symbol").agg(pl.col("open_time").max().dt.epoch("ms"))
