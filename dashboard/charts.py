@@ -72,6 +72,10 @@ _OHLCV = [
     ("RSI", "@{rsi}{0.0}"),
     ("K / D", "@{stoch_k}{0.0} / @{stoch_d}{0.0}"),
 ]
+# Colour by the numeric "up" column through a two-colour mapper. Mapping the string
+# "color" column instead makes HoloViews' dtype fix re-send the whole column on every
+# Buffer update (numpy "U" arrays -> lists), defeating the incremental path.
+_UPDOWN = dict(color="up", line_color="up", cmap=[DOWN, UP], clim=(0, 1), colorbar=False)
 _TOOLS = dict(
     tools=["xpan", "xwheel_zoom", "box_zoom", "crosshair"],
     default_tools=["reset", "save"],
@@ -108,7 +112,7 @@ def chart_frame(candles: pl.DataFrame | pd.DataFrame, interval: str) -> pd.DataF
         right=pl.col("time") + half,
         body_bottom=pl.min_horizontal("open", "close"),
         body_top=pl.max_horizontal("open", "close"),
-        up=up.fill_null(True),
+        up=up.fill_null(True).cast(pl.Int8),
         color=pl.when(up.fill_null(True)).then(pl.lit(UP)).otherwise(pl.lit(DOWN)),
         zero=pl.lit(0.0),
     ).select(CHART_COLUMNS)
@@ -131,24 +135,18 @@ def empty_chart_frame() -> pd.DataFrame:
 
 def candles(data: pd.DataFrame) -> hv.Overlay:
     """Candlesticks: wicks (Segments low..high) under bodies (Rectangles open..close)."""
-    wicks = hv.Segments(data, [_TIME, "low", _TIME, "high"], ["color"]).opts(
-        color="color", line_width=1,
-    )
+    wicks = hv.Segments(data, [_TIME, "low", _TIME, "high"], ["up"]).opts(**_UPDOWN)
     bodies = hv.Rectangles(
         data, [_LEFT, "body_bottom", _RIGHT, "body_top"],
-        ["time", "open", "high", "low", "close", "volume", "rsi", "stoch_k", "stoch_d",
-         "color"],
-    ).opts(
-        color="color", line_color="color", line_width=1,
-        tools=["hover"], hover_tooltips=_OHLCV, hover_formatters=_HOVER_FMT,
-    )
+        ["time", "open", "high", "low", "close", "volume", "rsi", "stoch_k", "stoch_d", "up"],
+    ).opts(**_UPDOWN, tools=["hover"], hover_tooltips=_OHLCV, hover_formatters=_HOVER_FMT)
     return (wicks * bodies).opts(ylabel="Price")
 
 
 def volume(data: pd.DataFrame) -> hv.Rectangles:
     """Volume bars from 0, coloured like their candle."""
-    return hv.Rectangles(data, [_LEFT, "zero", _RIGHT, "volume"], ["time", "color"]).opts(
-        color="color", line_alpha=0, alpha=0.55, ylabel="Volume",
+    return hv.Rectangles(data, [_LEFT, "zero", _RIGHT, "volume"], ["time", "up"]).opts(
+        **_UPDOWN, line_alpha=0, alpha=0.55, ylabel="Volume",
         tools=["hover"], hover_tooltips=[_HOVER_TIME, ("Volume", "@{volume}{0,0.[00]}")],
         hover_formatters=_HOVER_FMT,
     )
@@ -219,15 +217,6 @@ def _tail(closed: pd.DataFrame, forming: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([closed.iloc[-1:], forming.iloc[-1:]], ignore_index=True)
 
 
-def _tail_rsi(tail: pd.DataFrame) -> hv.Curve:
-    return hv.Curve(tail, _TIME, [_RSI]).opts(color=RSI_COLOR, line_dash="dotted")
-
-
-def _tail_stoch(tail: pd.DataFrame) -> hv.Overlay:
-    return (hv.Curve(tail, _TIME, [_K]).opts(color=K_COLOR, line_dash="dotted")
-            * hv.Curve(tail, _TIME, [_D]).opts(color=D_COLOR, line_dash="dotted"))
-
-
 def price_layout(
     closed: pd.DataFrame | hv.streams.Buffer,
     forming: pd.DataFrame | hv.streams.Pipe | None = None,
@@ -269,11 +258,8 @@ def price_layout(
         if not isinstance(closed, pd.DataFrame) or not isinstance(live_df, pd.DataFrame):
             raise TypeError("closed and forming must be chart frames, or a Buffer and a Pipe")
         ctl.frames = (closed, live_df)
-        tail = _tail(closed, live_df)
-        price = candles(closed) * candles(live_df)
-        vol = volume(closed) * volume(live_df)
-        osc = rsi_line(closed) * _tail_rsi(tail)
-        sto = stoch_lines(closed) * _tail_stoch(tail)
+        price, vol = candles(closed), hv.Overlay([volume(closed)])
+        osc, sto = rsi_line(closed), stoch_lines(closed)
 
     # apply_ranges=False: HoloViews would reset the x range to the whole buffer on
     # every send; _View owns the ranges instead.
@@ -384,7 +370,7 @@ class _View:
             self._figs.append((kind, weakref.ref(fig)))
             if self.buffer is not None:
                 _unfollow(fig)
-                self._add_forming(kind, fig, getattr(plot, "_js_on_data_callbacks", []))
+            self._add_forming(kind, fig, getattr(plot, "_js_on_data_callbacks", []))
             self._set_view(kind, fig)
         return hook
 
@@ -417,6 +403,7 @@ class _View:
         x = _x_window(bars, self.window)
         if x is None:
             return
+        self._edge = _col_ms(bars, "right")[-1]
         fig.x_range.update(start=x[0], end=x[1], reset_start=x[0], reset_end=x[1])
         if kind in _Y_FIT and (y := _y_fit(bars, *x, *_Y_FIT[kind])) is not None:
             fig.y_range.update(start=y[0], end=y[1], reset_start=y[0], reset_end=y[1])

@@ -171,7 +171,11 @@ def add_indicators(
     existing = [c for c in ("rsi", "stoch_k", "stoch_d") if c in lazy.collect_schema()]
     lazy = lazy.drop(existing).sort([*keys, "open_time"])
     out = _indicator_columns(lazy, keys, rsi_period, stoch_period, k_period, d_period)
-    return out.collect() if isinstance(frame, pl.DataFrame) else out
+    if isinstance(frame, pl.DataFrame):
+        # The default streaming engine sorts and runs these window expressions
+        # slower (measured 1.0-1.8 s vs ~0.6 s on 5M rows).
+        return out.collect(engine="in-memory")
+    return out
 
 
 def signal_expr(

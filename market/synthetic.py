@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -42,15 +43,15 @@ class SymbolSpec:
     daily_quote: float  # quote (USDT) volume per day
     rho: float = 0.6  # correlation with the market factor
 
-    @property
+    @cached_property
     def price_decimals(self) -> int:
         return int(min(7, max(1, 5 - math.floor(math.log10(self.price)))))
 
-    @property
+    @cached_property
     def qty_decimals(self) -> int:
         return int(min(3, max(0, round(math.log10(self.price)) - 1)))
 
-    @property
+    @cached_property
     def quote_decimals(self) -> int:
         return self.price_decimals + self.qty_decimals
 

@@ -1,0 +1,62 @@
+"""The dashboard's settings, declared once and parsed from ``panel serve ... --args``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import param
+
+from market.binance import DEFAULT_PRESET, DEFAULT_SYMBOLS, PRESETS
+from market.schema import INTERVAL_MS
+from store.db import DEFAULT_DB, default_db_path
+from store.ingest import IngestConfig
+
+TIMEFRAMES = ("1m", "5m", "15m", "1h", "4h", "1d")
+DEMO_DB = DEFAULT_DB.with_name("demo.duckdb")
+
+
+class AppConfig(param.Parameterized):
+    """Server-wide settings; one instance per server process, shared read-only by sessions."""
+
+    demo = param.Boolean(False, doc="Run against the in-process local exchange (no network).")
+    db = param.Path(None, check_exists=False, allow_None=True,
+                    doc="Database file; default $MARKET_DB, else store/market.duckdb (store/demo.duckdb with --demo).")
+    exchange = param.Selector(default=DEFAULT_PRESET, objects=list(PRESETS), doc="Exchange preset.")
+    ws_url = param.String(None, allow_None=True, doc="Stream base without /stream (overrides the preset).")
+    rest_url = param.String(None, allow_None=True, doc="REST base (goes with --ws-url).")
+    symbols = param.List(list(DEFAULT_SYMBOLS), item_type=str, doc="Symbols to follow.")
+    interval = param.Selector(default="1m", objects=list(INTERVAL_MS), doc="Streamed candle interval.")
+    refresh_ms = param.Integer(500, bounds=(100, 10_000), doc="How often each session pulls new data.")
+    speed = param.Number(1.0, bounds=(0, None), doc="Demo exchange clock speed (1 = real time).")
+
+    @classmethod
+    def from_args(cls, argv: list[str]) -> AppConfig:
+        p = argparse.ArgumentParser(prog="panel serve dashboard/app.py --args")
+        p.add_argument("--demo", action="store_true", help=cls.param.demo.doc)
+        p.add_argument("--db", help=cls.param.db.doc)
+        p.add_argument("--exchange", default=DEFAULT_PRESET, help=cls.param.exchange.doc)
+        p.add_argument("--ws-url", help=cls.param.ws_url.doc)
+        p.add_argument("--rest-url", help=cls.param.rest_url.doc)
+        p.add_argument("--symbols", help="Comma-separated symbols (default: 50 liquid USD-M perps).")
+        p.add_argument("--interval", default="1m", help=cls.param.interval.doc)
+        p.add_argument("--refresh-ms", type=int, default=500, help=cls.param.refresh_ms.doc)
+        p.add_argument("--speed", type=float, default=1.0, help=cls.param.speed.doc)
+        a = p.parse_args(argv)
+        symbols = [s.strip().upper() for s in a.symbols.split(",") if s.strip()] if a.symbols else list(DEFAULT_SYMBOLS)
+        return cls(demo=a.demo, db=a.db, exchange=a.exchange, ws_url=a.ws_url, rest_url=a.rest_url,
+                   symbols=symbols, interval=a.interval, refresh_ms=a.refresh_ms, speed=a.speed)
+
+    def db_path(self) -> Path:
+        if self.db:
+            return Path(self.db).expanduser()
+        if self.demo and "MARKET_DB" not in os.environ:
+            return DEMO_DB  # demo prices are synthetic: never mix them into the real history
+        return default_db_path()
+
+    def ingest_config(self, ws_url: str | None = None, rest_url: str | None = None) -> IngestConfig:
+        return IngestConfig(
+            db=self.db_path(), symbols=tuple(self.symbols), interval=self.interval,
+            exchange=self.exchange, ws_url=ws_url or self.ws_url, rest_url=rest_url or self.rest_url,
+        )

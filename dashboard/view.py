@@ -1,0 +1,168 @@
+"""One browser session's page: a ``pn.viewable.Viewer`` that pulls from the shared feed.
+
+Every session owns its streams and one periodic callback; per tick it sends one
+coalesced update to each stream (new closed candles to the Buffer, the forming
+candle to the Pipe) and patches the heatmap and table in place. Closing the tab
+stops the callback with the session, and nothing outside holds the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import holoviews as hv
+import panel as pn
+import param
+import polars as pl
+
+from dashboard.charts import chart_frame, price_layout, signal_table, signal_table_frame, streams_for
+from dashboard.config import TIMEFRAMES
+from dashboard.heatmap import Heatmap
+from dashboard.live import SharedFeed
+from dashboard.series import Series
+
+log = logging.getLogger("dashboard.view")
+
+COLOR_BY = {"24h change %": "change", "RSI": "rsi"}
+
+
+class Dashboard(pn.viewable.Viewer):
+    """The page: status, chart of the selected symbol and timeframe, heatmap, signal table."""
+
+    symbol = param.Selector(doc="Symbol shown in the main chart.")
+    timeframe = param.Selector(default="1m", objects=list(TIMEFRAMES), doc="Candle timeframe, derived from 1m.")
+    color_by = param.Selector(default="24h change %", objects=list(COLOR_BY), doc="What the heatmap colours show.")
+
+    def __init__(self, feed: SharedFeed, **params) -> None:
+        symbols = list(feed.config.symbols)
+        self.param.symbol.objects = symbols
+        params.setdefault("symbol", symbols[0])
+        super().__init__(**params)
+        self.feed = feed
+        self.session_id = id(self)
+        self.ticks = 0
+        self._status = pn.pane.HTML("starting…", sizing_mode="stretch_width", css_classes=["feed-status"],
+                                    styles={"color": "white", "font-size": "14px"})
+        self._progress = pn.pane.HTML("", sizing_mode="stretch_width")
+        self._chart = pn.pane.HoloViews(sizing_mode="stretch_width", height=760, linked_axes=False)
+        self._heatmap = Heatmap(symbols)
+        self._heatmap.on_select(self._select)
+        self._table = signal_table(signal_table_frame(self.feed.snapshot()))
+        self._table.on_click(self._table_click)
+        self._snapshot_seen: object = None
+        self._series: Series | None = None
+        self._build()
+        self.param.watch(self._build, ["symbol", "timeframe"])
+        self.param.watch(lambda *_: self._refresh_heatmap(force=True), ["color_by"])
+        self._callback = pn.state.add_periodic_callback(self._tick, period=feed.config.refresh_ms)
+        feed.session_opened(str(self.session_id))
+        if pn.state.curdoc is not None:
+            pn.state.on_session_destroyed(self._destroyed)
+
+    # -- events -------------------------------------------------------------------
+    def _select(self, symbol: str) -> None:
+        if symbol in self.param.symbol.objects:
+            self.symbol = symbol
+
+    def _table_click(self, event) -> None:
+        try:
+            self._select(self._table.value.loc[event.row, "symbol"])
+        except (KeyError, TypeError):
+            pass
+
+    def _destroyed(self, session_context=None) -> None:
+        self._callback.stop()
+        self.feed.session_closed(str(self.session_id))
+
+    # -- drawing ------------------------------------------------------------------
+    def _build(self, *_) -> None:
+        """(Re)build the chart for the current symbol and timeframe from memory and the store."""
+        started = time.perf_counter()
+        self._series = Series(self.feed, self.symbol, self.timeframe)
+        closed, forming = self._series.initial()
+        buffer, pipe = streams_for(chart_frame(closed, self.timeframe))
+        self._buffer, self._pipe = buffer, pipe
+        if forming.height:
+            pipe.send(chart_frame(forming, self.timeframe))
+        self._chart.object = price_layout(buffer, pipe)
+        log.debug("built %s %s in %.0f ms", self.symbol, self.timeframe, (time.perf_counter() - started) * 1000)
+
+    def _tick(self) -> None:
+        self.ticks += 1
+        self._status.object = self._status_html()
+        if self._series is not None:
+            new, forming = self._series.poll()
+            if new.height:
+                self._buffer.send(chart_frame(new, self.timeframe))
+            if forming is not None:
+                self._pipe.send(chart_frame(forming, self.timeframe))
+        self._refresh_heatmap()
+
+    def _refresh_heatmap(self, force: bool = False) -> None:
+        snap = self.feed.snapshot()
+        if snap is self._snapshot_seen and not force:
+            return
+        self._snapshot_seen = snap
+        if snap.height == 0 or "rsi" not in snap.columns:
+            return
+        self._heatmap.update(snap, COLOR_BY[self.color_by])
+        self._update_table(snap)
+
+    def _update_table(self, snap: pl.DataFrame) -> None:
+        frame = signal_table_frame(snap)
+        current = self._table.value
+        if current is not None and len(current) == len(frame) and list(current["symbol"]) == list(frame["symbol"]):
+            # patch keeps the user's sort, filters and scroll position
+            self._table.patch({c: list(enumerate(frame[c])) for c in frame.columns if c != "symbol"})
+        else:
+            self._table.value = frame
+
+    def _status_html(self) -> str:
+        st = self.feed.status()
+        colour = {"live": "#26a69a", "connecting": "#ffb300", "reconnecting": "#ffb300"}.get(st.feed.state, "#ef5350")
+        words = st.describe()
+        if st.feed.last_event_ms:
+            last = time.strftime("%H:%M:%S", time.gmtime(st.feed.last_event_ms / 1000))
+            words += f" · last update {last} UTC"
+        if st.store.pending_rows:
+            words += f" · {st.store.pending_rows:,} rows waiting for the database"
+        words += f" · {self.feed.sessions} session{'s' if self.feed.sessions != 1 else ''}"
+        return f'<span style="color:{colour}">●</span> {words}'
+
+    def __panel__(self) -> pn.template.FastListTemplate:
+        widgets = pn.Param(
+            self.param, parameters=["symbol", "timeframe", "color_by"], show_name=False,
+            widgets={
+                "symbol": {"type": pn.widgets.AutocompleteInput, "case_sensitive": False,
+                           "search_strategy": "includes", "min_characters": 1, "restrict": True},
+                "timeframe": pn.widgets.RadioButtonGroup,
+                "color_by": pn.widgets.RadioButtonGroup,
+            },
+        )
+        template = pn.template.FastListTemplate(
+            title="Crypto market explorer",
+            sidebar=[widgets, pn.pane.Markdown(_HELP)],
+            header=[self._status],
+            main=[
+                pn.Column(self._chart, sizing_mode="stretch_width"),
+                pn.Row(
+                    pn.Column("### Heatmap", pn.pane.Bokeh(self._heatmap.figure, sizing_mode="stretch_width"),
+                              sizing_mode="stretch_width"),
+                    pn.Column("### Signals", self._table, sizing_mode="stretch_width"),
+                    sizing_mode="stretch_width",
+                ),
+            ],
+            sidebar_width=260,
+            accent="#2962ff",
+        )
+        return template
+
+
+_HELP = """
+Click a heatmap tile or a table row to chart that symbol. Timeframes above 1m
+are built from the stored 1m candles. **Signals**: `cross_up`/`cross_down` when
+StochRSI K crosses D below/above 50, `oversold`/`overbought` when RSI < 30 / > 70.
+"""
+
+hv.extension("bokeh", logo=False)
