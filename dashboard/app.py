@@ -12,7 +12,7 @@ from dashboard.config import AppConfig
 from dashboard.live import shared_feed
 from dashboard.view import Dashboard
 
-pn.extension("tabulator", notifications=True, design="fast")
+pn.extension("tabulator", notifications=True, design="bootstrap")
 
 config = pn.state.cache.get("crypto-explorer:config") or AppConfig.from_args(sys.argv[1:])
 pn.state.cache["crypto-explorer:config"] = config

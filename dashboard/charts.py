@@ -1,4 +1,4 @@
-"""Candlestick, volume, RSI and StochRSI charts, and the signal table.
+"""Candlestick, volume, RSI and StochRSI charts for one symbol.
 
 One conversion at the edge, :func:`chart_frame`, turns a polars candle frame into the
 pandas frame every plot reads, with everything precomputed (bar edges, body
@@ -14,7 +14,7 @@ The same builders serve notebooks (plain frames) and the live app (streams)::
     closed.send(chart_frame(new_closed_rows, "1m"))     # each tick, one send
     forming.send(chart_frame(live_candle, "1m"))        # one row
 
-The heatmap lives in :mod:`dashboard.heatmap`.
+The heatmap and the signal table live in :mod:`dashboard.heatmap`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import weakref
 
 import holoviews as hv
+import holoviews.plotting.bokeh  # noqa: F401  (registers the backend the opts below need)
 import numpy as np
 import pandas as pd
 import polars as pl
@@ -212,8 +213,8 @@ def streams_for(
 
 def _tail(closed: pd.DataFrame, forming: pd.DataFrame) -> pd.DataFrame:
     """Last closed row + forming row: the dotted indicator stub to the live value."""
-    if forming.empty:
-        return forming.iloc[:0]
+    if forming.empty or closed.empty:
+        return forming.iloc[-1:]
     return pd.concat([closed.iloc[-1:], forming.iloc[-1:]], ignore_index=True)
 
 
@@ -229,46 +230,43 @@ def price_layout(
     Give plain chart frames (notebooks; ``forming`` optional) or the pair from
     :func:`streams_for` (the app). Returns a HoloViews Layout that Bokeh renders as
     one grid with one toolbar; width follows the container, ``height`` is the total.
-    The view opens on the last ``window`` candles (None: all of them); the reset
-    tool returns to the live end.
+    The view opens on the last ``window`` candles (None: all of them, for frames)
+    and the reset tool returns to the live end.
 
-    With streams, closed candles are DynamicMaps on the Buffer, updated by Bokeh
-    ``source.stream`` (only the new rows travel); the forming candle is drawn with
-    plain Bokeh glyphs that the Pipe patches (~1 ms instead of ~50 ms per HoloViews
-    element). The view follows new candles while the live end is on screen, and
-    keeps updating while the user pans or zooms (HoloViews alone would freeze the
-    data until reset).
+    With frames, the panels are the builders above. With streams, HoloViews draws
+    only the frame of the chart (axes, bands, tools) and every candle is a plain
+    Bokeh glyph fed by the streams: a Buffer send is one ``source.stream`` of the
+    new rows (~3 ms; the same through HoloViews DynamicMaps took 0.2-0.5 s per send
+    per session) and a Pipe send replaces a one-row source. The view scrolls with
+    new candles while the live end is on screen, stays put when the user has
+    panned away, and never stops updating (a zoomed HoloViews streaming plot
+    freezes until reset). To show another symbol, ``buffer.clear()`` and send its
+    history. Send from the session's own callbacks (they hold the document lock).
     """
-    ctl = _View(window)
     live = isinstance(closed, hv.streams.Buffer)
     if live:
         if forming is None:
             forming = hv.streams.Pipe(data=empty_chart_frame())
         if not isinstance(forming, hv.streams.Pipe) or isinstance(forming, hv.streams.Buffer):
             raise TypeError("with a Buffer of closed candles, forming must be a Pipe or None")
-        ctl.attach(closed, forming)
-        price = hv.DynamicMap(candles, streams=[closed])
-        # An overlay like the other panels (a bare Rectangles plot fails with
-        # apply_ranges=False in HoloViews 1.23).
-        vol = hv.DynamicMap(lambda data: hv.Overlay([volume(data)]), streams=[closed])
-        osc = hv.DynamicMap(rsi_line, streams=[closed])
-        sto = hv.DynamicMap(stoch_lines, streams=[closed])
+        ctl = _View(window, buffer=closed, pipe=forming)
+        shown = empty_chart_frame()  # HoloViews draws the frame, _View the candles
     else:
         live_df = empty_chart_frame() if forming is None else forming
         if not isinstance(closed, pd.DataFrame) or not isinstance(live_df, pd.DataFrame):
             raise TypeError("closed and forming must be chart frames, or a Buffer and a Pipe")
-        ctl.frames = (closed, live_df)
-        price, vol = candles(closed), hv.Overlay([volume(closed)])
-        osc, sto = rsi_line(closed), stoch_lines(closed)
+        ctl = _View(window, frames=(closed, live_df))
+        shown = closed
 
-    # apply_ranges=False: HoloViews would reset the x range to the whole buffer on
-    # every send; _View owns the ranges instead.
-    common = dict(_TOOLS, xlabel="", apply_ranges=not live)
+    common = dict(_TOOLS, xlabel="")
     panels = [
-        (price, "price", 0.5, dict(ylabel="Price", xaxis=None, autorange="y")),
-        (vol, "volume", 0.14, dict(ylabel="Volume", xaxis=None, autorange="y")),
-        (osc * bands(30, 70), "rsi", 0.17, dict(ylabel="RSI", ylim=(0, 100), xaxis=None)),
-        (sto * bands(20, 80), "stoch", 0.19, dict(ylabel="StochRSI", ylim=(0, 100))),
+        (candles(shown), "price", 0.5, dict(ylabel="Price", xaxis=None, autorange="y")),
+        (hv.Overlay([volume(shown)]), "volume", 0.14,
+         dict(ylabel="Volume", xaxis=None, autorange="y")),
+        (rsi_line(shown) * bands(30, 70), "rsi", 0.17,
+         dict(ylabel="RSI", ylim=(0, 100), xaxis=None)),
+        (stoch_lines(shown) * bands(20, 80), "stoch", 0.19,
+         dict(ylabel="StochRSI", ylim=(0, 100))),
     ]
     return hv.Layout([
         obj.opts(height=int(height * share), hooks=[ctl.hook(kind)], **common, **extra)
@@ -276,7 +274,7 @@ def price_layout(
     ]).cols(1).opts(shared_axes=True, merge_tools=True)
 
 
-# --- view control and the forming candle (plain Bokeh, per rendered layout) --------
+# --- candles as plain Bokeh glyphs, view control (per rendered layout) ---------------
 
 
 def _ms(value) -> float:
@@ -291,7 +289,9 @@ def _col_ms(frame: pd.DataFrame, col: str) -> np.ndarray:
 
 
 def _bars(closed: pd.DataFrame, forming: pd.DataFrame) -> pd.DataFrame:
-    return closed if forming.empty else pd.concat([closed, forming], ignore_index=True)
+    if forming.empty or closed.empty:
+        return forming if closed.empty else closed
+    return pd.concat([closed, forming], ignore_index=True)
 
 
 def _x_window(bars: pd.DataFrame, window: int | None) -> tuple[float, float] | None:
@@ -321,40 +321,31 @@ def _y_fit(bars: pd.DataFrame, x0: float, x1: float, lo: str, hi: str,
 _Y_FIT = {"price": ("low", "high", (0.05, 0.05)), "volume": ("zero", "volume", (0, 0.1))}
 
 
-def _unfollow(fig) -> None:
-    """Drop HoloViews' zoom handlers: they stop data updates until reset is pressed."""
-    callbacks = getattr(fig, "_event_callbacks", {})
-    for event in ("rangesupdate", "reset"):
-        if event in callbacks:
-            callbacks[event] = [cb for cb in callbacks[event] if getattr(
-                cb, "__name__", "") not in ("_disable_follow", "_reset_follow")]
-
-
-def _source_data(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {c: frame[c].to_numpy() for c in CHART_COLUMNS}
 
 
 class _View:
-    """Per-layout glue: opening window, following the live end, forming-candle glyphs.
+    """Per-layout glue between the streams and the Bokeh figures of each render.
 
-    Holds only weak references to Bokeh models, so a closed session's figures are
-    not kept alive by the streams.
+    Adds plain glyphs on three sources per rendered layout (closed candles with
+    streams only, the forming candle, the indicator stubs), shared by the four
+    figures; sets the opening window; scrolls with the live end. Holds only weak
+    references to Bokeh models, so a closed session's figures are not kept alive.
     """
 
-    def __init__(self, window: int | None) -> None:
-        self.window = window
-        self.frames: tuple[pd.DataFrame, pd.DataFrame] | None = None
-        self.buffer: hv.streams.Buffer | None = None
-        self.pipe: hv.streams.Pipe | None = None
-        self._figs: list[tuple[str, weakref.ref]] = []
-        self._sources: list[tuple[str, weakref.ref]] = []
-        self._edge: float | None = None
-
-    def attach(self, buffer: hv.streams.Buffer, pipe: hv.streams.Pipe) -> None:
-        self.buffer, self.pipe = buffer, pipe
-        # Below HoloViews' own precedence: runs before the plots refresh.
-        pipe.add_subscriber(self._on_update, precedence=0.9)
-        buffer.add_subscriber(self._on_update, precedence=0.9)
+    def __init__(self, window: int | None, *, buffer: hv.streams.Buffer | None = None,
+                 pipe: hv.streams.Pipe | None = None,
+                 frames: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> None:
+        self.window, self.buffer, self.pipe, self.frames = window, buffer, pipe, frames
+        self._renders: list[dict] = []  # per render: figs, sources (all weak)
+        self._edge: float | None = None  # right edge of the newest bar, ms
+        self._last: pd.Timestamp | None = None  # newest closed candle already streamed
+        if buffer is not None:
+            # Below HoloViews' own precedence: runs before any plot refresh.
+            pipe.add_subscriber(self._on_forming, precedence=0.9)
+            buffer.add_subscriber(self._on_closed, precedence=0.9)
+            self._last = buffer.data["time"].iloc[-1] if len(buffer.data) else None
 
     def data(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         if self.buffer is not None:
@@ -366,35 +357,63 @@ class _View:
             if plot.handles.get("_view"):  # hooks also run on every update
                 return
             plot.handles["_view"] = True
-            fig = plot.state
-            self._figs.append((kind, weakref.ref(fig)))
-            if self.buffer is not None:
-                _unfollow(fig)
-            self._add_forming(kind, fig, getattr(plot, "_js_on_data_callbacks", []))
-            self._set_view(kind, fig)
+            self._decorate(kind, plot.state, getattr(plot, "_js_on_data_callbacks", []))
         return hook
 
-    def _add_forming(self, kind: str, fig, js_callbacks) -> None:
+    def _render_of(self, fig) -> dict:
+        """The sources of the layout ``fig`` belongs to (its figures share x_range)."""
+        for render in self._renders:
+            if render["x_range"]() is fig.x_range:
+                return render
         closed, forming = self.data()
-        tail = kind in ("rsi", "stoch")
-        src = ColumnDataSource(_source_data(_tail(closed, forming) if tail else forming))
-        for cb in js_callbacks:  # HoloViews' y autorange, on this source's changes too
-            src.js_on_change("data", cb)
-        self._sources.append(("tail" if tail else "candle", weakref.ref(src)))
+        frames = {"forming": forming, "tail": _tail(closed, forming)}
+        if self.buffer is not None:
+            frames["closed"] = closed
+        render = {"x_range": weakref.ref(fig.x_range), "figs": [], "closed": lambda: None}
+        for name, frame in frames.items():
+            src = ColumnDataSource(_columns(frame))
+            render[name] = weakref.ref(src)
+            render.setdefault("strong", []).append(src)  # until the figures hold them
+        self._renders.append(render)
+        return render
+
+    def _decorate(self, kind: str, fig, js_callbacks) -> None:
+        render = self._render_of(fig)
+        render["figs"].append((kind, weakref.ref(fig)))
+        closed, candle, tail = render["closed"](), render["forming"](), render["tail"]()
+        bars = [s for s in (closed, candle) if s is not None]
+        lines = [(s, d) for s, d in ((closed, "solid"), (tail, "dotted")) if s is not None]
+        hover_to = []
         if kind == "price":
-            fig.segment("time", "low", "time", "high", color="color", source=src)
-            body = fig.quad(left="left", right="right", bottom="body_bottom", top="body_top",
-                            color="color", source=src)
-            fig.add_tools(HoverTool(renderers=[body], tooltips=_OHLCV,
-                                    formatters=_HOVER_FMT))
+            for src in bars:
+                fig.segment("time", "low", "time", "high", color="color", source=src)
+                hover_to.append(fig.quad(left="left", right="right", bottom="body_bottom",
+                                         top="body_top", color="color", source=src))
         elif kind == "volume":
-            fig.quad(left="left", right="right", bottom="zero", top="volume", color="color",
-                     alpha=0.55, line_alpha=0, source=src)
-        elif kind == "rsi":
-            fig.line("time", "rsi", color=RSI_COLOR, line_dash="dotted", source=src)
+            for src in bars:
+                hover_to.append(fig.quad(left="left", right="right", bottom="zero",
+                                         top="volume", color="color", alpha=0.55,
+                                         line_alpha=0, source=src))
         else:
-            fig.line("time", "stoch_k", color=K_COLOR, line_dash="dotted", source=src)
-            fig.line("time", "stoch_d", color=D_COLOR, line_dash="dotted", source=src)
+            specs = ([("rsi", RSI_COLOR)] if kind == "rsi"
+                     else [("stoch_k", K_COLOR), ("stoch_d", D_COLOR)])
+            for src, dash in lines:
+                for n, (col, color) in enumerate(specs):
+                    line = fig.line("time", col, color=color, line_width=1.5, line_dash=dash,
+                                    source=src)
+                    if n == 0:
+                        hover_to.append(line)
+        for src in (*bars, tail):  # HoloViews' y autorange on their changes too
+            for cb in js_callbacks:
+                src.js_on_change("data", cb)
+        # Reuse HoloViews' hover (same tooltips, one toolbar icon) for the new glyphs.
+        for tool in fig.select({"type": HoverTool}):
+            if isinstance(tool.renderers, list) and tool.renderers:
+                tool.renderers = [*tool.renderers, *hover_to]
+                break
+        if len(render["figs"]) == 4:
+            render.pop("strong", None)
+        self._set_view(kind, fig)
 
     def _set_view(self, kind: str, fig) -> None:
         if self.window is None and self.buffer is None:
@@ -408,14 +427,42 @@ class _View:
         if kind in _Y_FIT and (y := _y_fit(bars, *x, *_Y_FIT[kind])) is not None:
             fig.y_range.update(start=y[0], end=y[1], reset_start=y[0], reset_end=y[1])
 
-    def _on_update(self, **_) -> None:
+    def _live(self) -> list[dict]:
+        """Renders whose figures still exist (drops the rest)."""
+        self._renders = [r for r in self._renders if r["x_range"]() is not None]
+        return self._renders
+
+    def _on_closed(self, data: pd.DataFrame, **_) -> None:
+        if len(data) == 0 or self._last is None:
+            new, self._last = data, None
+            restart = True
+        else:
+            new = data[data["time"] > self._last]
+            restart = False
+        if len(new):
+            self._last = new["time"].iloc[-1]
+        for render in self._live():
+            src = render["closed"]()
+            if src is None:
+                continue
+            if restart:
+                src.data = _columns(data)
+            elif len(new):
+                src.stream(_columns(new), rollover=self.buffer.length or None)
+        self._on_forming(restart=restart)
+
+    def _on_forming(self, restart: bool = False, **_) -> None:
         closed, forming = self.data()
-        for kind, ref in list(self._sources):
-            if (src := ref()) is None:
-                self._sources.remove((kind, ref))
-            else:
-                src.data = _source_data(forming if kind == "candle" else _tail(closed, forming))
-        self._follow(_bars(closed, forming))
+        tail = _tail(closed, forming)
+        for render in self._live():
+            for name, frame in (("forming", forming), ("tail", tail)):
+                if (src := render[name]()) is not None:
+                    src.data = _columns(frame)
+            for kind, ref in render["figs"]:
+                if restart and (fig := ref()) is not None:
+                    self._set_view(kind, fig)
+        if not restart:
+            self._follow(_bars(closed, forming))
 
     def _follow(self, bars: pd.DataFrame) -> None:
         """Scroll with new bars while the live end is on screen; keep reset current."""
@@ -424,22 +471,29 @@ class _View:
             return
         edge = _col_ms(bars, "right")[-1]
         old, self._edge = self._edge, edge
-        figs = [(k, f) for k, r in self._figs if (f := r()) is not None]
-        xr = figs[0][1].x_range if figs else None
-        if xr is None:
-            return
         step = edge - old if old is not None and edge > old else 0.0
-        scroll = step and _ms(xr.end) >= old - 0.5 * step
-        if scroll:
-            xr.update(start=_ms(xr.start) + step, end=_ms(xr.end) + step)
-        xr.update(reset_start=live[0], reset_end=live[1])
-        for kind, fig in figs:
-            if kind not in _Y_FIT:
+        for render in self._live():
+            figs = [(k, f) for k, r in render["figs"] if (f := r()) is not None]
+            if not figs:
                 continue
-            yr = fig.y_range
-            if (y := _y_fit(bars, *live, *_Y_FIT[kind])) is not None:
-                yr.update(reset_start=y[0], reset_end=y[1])
-            seen = _y_fit(bars, _ms(xr.start), _ms(xr.end), *_Y_FIT[kind])
-            if seen is not None and (scroll or seen[0] < yr.start or seen[1] > yr.end):
-                yr.update(start=min(seen[0], yr.start) if not scroll else seen[0],
-                          end=max(seen[1], yr.end) if not scroll else seen[1])
+            xr = figs[0][1].x_range
+            scroll = bool(step) and _ms(xr.end) >= old - 0.5 * step
+            if scroll:
+                xr.update(start=_ms(xr.start) + step, end=_ms(xr.end) + step)
+            xr.update(reset_start=live[0], reset_end=live[1])
+            for kind, fig in figs:
+                if kind in _Y_FIT:
+                    self._fit_y(fig.y_range, bars, live, (_ms(xr.start), _ms(xr.end)),
+                                _Y_FIT[kind], scroll)
+
+    @staticmethod
+    def _fit_y(yr, bars, live, seen_x, spec, scroll: bool) -> None:
+        if (y := _y_fit(bars, *live, *spec)) is not None:
+            yr.update(reset_start=y[0], reset_end=y[1])
+        seen = _y_fit(bars, *seen_x, *spec)
+        if seen is None:
+            return
+        if scroll:
+            yr.update(start=seen[0], end=seen[1])
+        elif seen[0] < yr.start or seen[1] > yr.end:  # the live candle broke out
+            yr.update(start=min(seen[0], yr.start), end=max(seen[1], yr.end))

@@ -45,8 +45,9 @@ class SharedFeed:
         self.exchange: LocalExchange | None = None
         ws = rest = None
         if config.demo:
-            self.exchange = LocalExchange(port=_free_port(), symbols=tuple(config.symbols), speed=config.speed)
-            ws, rest = self.exchange.ws_base, self.exchange.rest_base
+            port = _free_port()
+            self.exchange = LocalExchange(port=port, symbols=tuple(config.symbols), speed=config.speed)
+            ws, rest = f"ws://127.0.0.1:{port}/market", f"http://127.0.0.1:{port}"
         self.pipeline = Pipeline(config.ingest_config(ws, rest))
         self.task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -14,11 +14,11 @@ import time
 import holoviews as hv
 import panel as pn
 import param
-import polars as pl
+import polars as pl  # noqa: F401  (type hints)
 
-from dashboard.charts import chart_frame, price_layout, signal_table, signal_table_frame, streams_for
+from dashboard.charts import chart_frame, price_layout, streams_for
 from dashboard.config import TIMEFRAMES
-from dashboard.heatmap import Heatmap
+from dashboard.heatmap import Heatmap, signal_table, signal_table_frame
 from dashboard.live import SharedFeed
 from dashboard.series import Series
 
@@ -48,7 +48,7 @@ class Dashboard(pn.viewable.Viewer):
         self._chart = pn.pane.HoloViews(sizing_mode="stretch_width", height=760, linked_axes=False)
         self._heatmap = Heatmap(symbols)
         self._heatmap.on_select(self._select)
-        self._table = signal_table(signal_table_frame(self.feed.snapshot()))
+        self._table = signal_table(signal_table_frame(self.feed.snapshot(), order=symbols))
         self._table.on_click(self._table_click)
         self._snapshot_seen: object = None
         self._series: Series | None = None
@@ -71,7 +71,7 @@ class Dashboard(pn.viewable.Viewer):
         except (KeyError, TypeError):
             pass
 
-    def _destroyed(self, session_context=None) -> None:
+    def _destroyed(self, session_context) -> None:
         self._callback.stop()
         self.feed.session_closed(str(self.session_id))
 
@@ -110,13 +110,9 @@ class Dashboard(pn.viewable.Viewer):
         self._update_table(snap)
 
     def _update_table(self, snap: pl.DataFrame) -> None:
-        frame = signal_table_frame(snap)
-        current = self._table.value
-        if current is not None and len(current) == len(frame) and list(current["symbol"]) == list(frame["symbol"]):
-            # patch keeps the user's sort, filters and scroll position
-            self._table.patch({c: list(enumerate(frame[c])) for c in frame.columns if c != "symbol"})
-        else:
-            self._table.value = frame
+        # same rows in the same order every time, so patch sends only changed cells
+        # and the user's sort and filters stay
+        self._table.patch(signal_table_frame(snap, order=self.param.symbol.objects))
 
     def _status_html(self) -> str:
         st = self.feed.status()
@@ -130,7 +126,7 @@ class Dashboard(pn.viewable.Viewer):
         words += f" · {self.feed.sessions} session{'s' if self.feed.sessions != 1 else ''}"
         return f'<span style="color:{colour}">●</span> {words}'
 
-    def __panel__(self) -> pn.template.FastListTemplate:
+    def __panel__(self) -> pn.template.BootstrapTemplate:
         widgets = pn.Param(
             self.param, parameters=["symbol", "timeframe", "color_by"], show_name=False,
             widgets={
@@ -140,7 +136,8 @@ class Dashboard(pn.viewable.Viewer):
                 "color_by": pn.widgets.RadioButtonGroup,
             },
         )
-        template = pn.template.FastListTemplate(
+        # Bootstrap, not Fast: Fast pulls a web font from a CDN, an error when offline
+        template = pn.template.BootstrapTemplate(
             title="Crypto market explorer",
             sidebar=[widgets, pn.pane.Markdown(_HELP)],
             header=[self._status],
@@ -154,7 +151,7 @@ class Dashboard(pn.viewable.Viewer):
                 ),
             ],
             sidebar_width=260,
-            accent="#2962ff",
+            header_background="#1e2433",
         )
         return template
 

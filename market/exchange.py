@@ -292,6 +292,8 @@ class LocalExchange:
         if self.market is None:
             rows = self._recorded.get((symbol, interval), {})
             return [rows[t] for t in sorted(rows) if lo <= t <= hi]
+        if symbol not in self.market.specs:
+            raise ValueError(f"{symbol!r} is not traded here; symbols: {', '.join(self.market.specs)}")
         now, spec = self.now_ms(), self.market.specs[symbol]
         return [rest_row(spec, k) for k in self.market.candles(symbol, interval_ms(interval), lo, hi, now) if k.closed]
 
@@ -379,12 +381,12 @@ class LocalExchange:
         else:
             hi = min(now if end is None else end, now)
             hi -= hi % ims
-            lo = hi - (limit - 1) * ims
+            lo = hi - limit * ims  # one spare: the newest candle may not have started yet
         candles = self.market.candles(sym, ims, lo, hi, now)
         if not self.config.rest_forming:
             candles = [k for k in candles if k.closed]
         spec = self.market.specs[sym]
-        return [rest_row(spec, k) for k in candles[:limit]]
+        return [rest_row(spec, k) for k in (candles[:limit] if start is not None else candles[-limit:])]
 
     def _control(self, name: str, q: dict[str, str]) -> Response:
         on = lambda key: q.get(key, "true").lower() in ("1", "true", "yes", "on")  # noqa: E731
@@ -473,6 +475,7 @@ class LocalExchange:
         self.stats.connections_total += 1
         self.stats.connections_open += 1
         writer = asyncio.create_task(self._replay(conn) if self.market is None else self._writer(conn))
+        writer.add_done_callback(lambda task: self._writer_done(conn, task))
         try:
             async for message in ws:
                 reply = self._on_control_frame(conn, message)
@@ -483,11 +486,19 @@ class LocalExchange:
             pass
         finally:
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await writer
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer  # its failure, if any, was logged by _writer_done
             self._unsubscribe(conn, list(conn.streams))
             self._conns.discard(conn)
             self.stats.connections_open -= 1
+            while not conn.queue.empty():  # frees a max-speed clock blocked on put()
+                conn.queue.get_nowait()
+
+    @staticmethod
+    def _writer_done(conn: _Conn, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() and not isinstance(task.exception(), ConnectionClosed):
+            log.error("stream writer failed; closing the connection", exc_info=task.exception())
+            conn.ws.transport.abort()
 
     def _on_control_frame(self, conn: _Conn, message: str | bytes) -> str:
         """Binance's answer to SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS."""
@@ -592,11 +603,11 @@ class LocalExchange:
 
     async def _clock(self) -> None:
         """Advance the sim clock one 250 ms step at a time and fan frames out."""
-        cfg, burst = self.config, 0
+        cfg, burst, ticks = self.config, 0, 0
+        batches: dict[_Conn, list[bytes]] = {}
         while True:
             t = self._sim + STEP_MS
             if cfg.max_speed:
-                await asyncio.sleep(0)
                 if not self._subs and not self._late:
                     self._wake.clear()
                     await self._wake.wait()
@@ -608,7 +619,12 @@ class LocalExchange:
                     burst = 0
                     await asyncio.sleep(max(delay, 0))
             self._sim = t
-            await self._tick(t)
+            self._tick(t, batches)
+            ticks += 1
+            # flat out, hand over a few hundred frames at a time: per-hand-over costs dominate
+            if not cfg.max_speed or ticks >= 256 or sum(map(len, batches.values())) >= 256:
+                await self._flush(batches)
+                batches, ticks = {}, 0
 
     def _render(self, stream: str, t: int, open_ms: int | None = None) -> list[str]:
         """The data JSON(s) due on ``stream`` at sim time t."""
@@ -634,32 +650,35 @@ class LocalExchange:
             return []
         return [kline_data(spec, interval, k, t, k.closed)]
 
-    async def _tick(self, t: int) -> None:
-        batches: dict[_Conn, list[bytes]] = {}
+    def _tick(self, t: int, batches: dict[_Conn, list[bytes]]) -> None:
+        """Add what is due at sim time t to each connection's batch."""
         due = [(s, None) for s in self._subs]
         while self._late and self._late[0][0] <= t:
             _, _, stream, open_ms = heapq.heappop(self._late)
             due.append((stream, open_ms))
+        stalled = not self._flowing.is_set()  # a stalled feed loses what it would have sent
         for stream, open_ms in due:
             conns = self._subs.get(stream)
-            if not conns:
+            if not conns or stalled:
                 continue
             for data in self._render(stream, t, open_ms):
                 combined = f'{{"stream":"{stream}","data":{data}}}'.encode()
                 raw = data.encode()
                 for conn in conns:
                     batches.setdefault(conn, []).append(raw if conn.raw else combined)
-        if not self._flowing.is_set():
-            return  # a stalled feed loses what it would have sent
+
+    async def _flush(self, batches: dict[_Conn, list[bytes]]) -> None:
         for conn, batch in batches.items():
             if self.config.max_speed:
-                await conn.queue.put(batch)
+                await conn.queue.put(batch)  # backpressure: wait for the slowest reader
             else:
                 try:
                     conn.queue.put_nowait(batch)
                 except asyncio.QueueFull:
                     log.warning("dropping a client that stopped reading (%d batches queued)", conn.queue.qsize())
                     conn.ws.transport.abort()
+        if self.config.max_speed:
+            await asyncio.sleep(0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,477 @@
+"""The local exchange, driven over real sockets on 127.0.0.1 like Binance would be."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections import Counter, defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+
+from market.exchange import MALFORMED_KINDS, LocalExchange, read_recording
+from market.schema import KLINE_SCHEMA
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+if not FIXTURES.exists():
+    FIXTURES = Path(os.environ.get("FIXTURES_DIR", ROOT / "tests" / "fixtures"))
+RECORDING = FIXTURES / "binance_futures_2021-07-22.ws"
+
+START = 1_700_000_000_000 // 60_000 * 60_000  # a fixed minute boundary
+MIN = 60_000
+KLINE_KEYS = ["t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q", "B"]
+TICKER_KEYS = ["e", "E", "s", "p", "P", "w", "c", "Q", "o", "h", "l", "v", "q", "O", "C", "F", "L", "n"]
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def connect(url: str) -> websockets.connect:
+    # A client that stops reading a busy feed cannot finish the closing handshake while
+    # its receive queue is full (websockets issue #1555): it waits close_timeout (10 s).
+    return websockets.connect(url, close_timeout=0.2)
+
+
+async def collect(ws, seconds: float) -> list[tuple[float, str]]:
+    """(arrival time, text) of every frame received for ``seconds``."""
+    out, end = [], time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        try:
+            out.append((time.monotonic(), await asyncio.wait_for(ws.recv(), left)))
+        except TimeoutError:
+            break
+    return out
+
+
+def klines(frames: list[tuple[float, str]], stream: str) -> list[dict]:
+    return [m["data"]["k"] for m in (json.loads(f) for _, f in frames) if m.get("stream") == stream]
+
+
+def row_of(k: dict) -> list:
+    """A streamed kline as the REST row Binance would print for it."""
+    return [k["t"], k["o"], k["h"], k["l"], k["c"], k["v"], k["T"], k["q"], k["n"], k["V"], k["Q"], k["B"]]
+
+
+async def test_streams_format_rate_and_one_final_per_candle() -> None:
+    streams = ["btcusdt@kline_1m", "btcusdt@ticker", "ethusdt@ticker"]
+    async with LocalExchange(symbols=("BTCUSDT", "ETHUSDT"), speed=120, start_time=START) as ex:
+        async with connect(f"{ex.ws_base}/stream?streams={'/'.join(streams)}") as ws:
+            frames = await collect(ws, 1.8)
+        msgs = [json.loads(f) for _, f in frames]
+        assert {m["stream"] for m in msgs} == set(streams)
+        ks = [m["data"] for m in msgs if m["stream"] == "btcusdt@kline_1m"]
+        for d in ks:
+            assert list(d) == ["e", "E", "s", "k"] and d["e"] == "kline" and d["s"] == "BTCUSDT"
+            k = d["k"]
+            assert list(k) == KLINE_KEYS and k["i"] == "1m" and k["B"] == "0"
+            assert all(isinstance(k[f], str) and float(k[f]) >= 0 for f in "ohlcvqVQ")
+            assert k["t"] % MIN == 0 and k["T"] == k["t"] + MIN - 1 and k["t"] < d["E"] <= k["T"] + 1
+            assert float(k["l"]) <= min(float(k["o"]), float(k["c"])) <= max(float(k["o"]), float(k["c"])) <= float(k["h"])
+            assert float(k["V"]) <= float(k["v"]) and k["L"] - k["f"] + 1 == k["n"]
+            assert 40_000 < float(k["c"]) < 120_000
+        # one update every 250 ms of sim time, none lost, whatever the wall clock did
+        assert {b["E"] - a["E"] for a, b in zip(ks, ks[1:])} == {250}
+        # 1.8 s at 120x is 216 s of sim time: ~864 kline frames
+        assert 0.5 * 864 < len(ks) < 1.3 * 864
+        finals = Counter(d["k"]["t"] for d in ks if d["k"]["x"])
+        assert len(finals) >= 2 and set(finals.values()) == {1}
+        by_minute = defaultdict(list)
+        for d in ks:
+            by_minute[d["k"]["t"]].append(d["k"])
+        whole = [t for t in by_minute if t - MIN in by_minute and t + MIN in by_minute]
+        assert whole, "no fully observed minute"
+        for t in whole:
+            seq = by_minute[t]
+            assert len(seq) == 240 and [k["x"] for k in seq] == [False] * 239 + [True]
+            for a, b in zip(seq, seq[1:]):  # updates are prefixes of the final candle
+                assert a["o"] == b["o"] and float(a["h"]) <= float(b["h"]) and float(a["l"]) >= float(b["l"])
+                assert float(a["v"]) <= float(b["v"]) and a["n"] <= b["n"] and float(a["q"]) <= float(b["q"])
+            assert seq[0]["o"] == by_minute[t - MIN][-1]["c"]  # open = previous close
+        tickers = defaultdict(list)
+        for m in msgs:
+            if m["stream"].endswith("@ticker"):
+                assert list(m["data"]) == TICKER_KEYS and m["data"]["e"] == "24hrTicker"
+                tickers[m["data"]["s"]].append(m["data"])
+        for sym, ts in tickers.items():
+            assert {b["E"] - a["E"] for a, b in zip(ts, ts[1:])} == {1000}
+            assert 0.5 * 216 < len(ts) < 1.3 * 216
+        # the ticker's last price is the kline's close at the same instant
+        close_at = {d["E"]: d["k"]["c"] for d in ks}
+        same = [t for t in tickers["BTCUSDT"] if t["E"] in close_at]
+        assert same and all(t["c"] == close_at[t["E"]] for t in same)
+        # ... and its open is the open of the minute 24 h back
+        tick = next(t for t in tickers["BTCUSDT"] if t["E"] % MIN)
+        day_ago = tick["E"] // MIN * MIN - 1439 * MIN
+        async with httpx.AsyncClient(base_url=ex.rest_base) as http:
+            row = (await http.get("/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "1m", "startTime": day_ago, "limit": 1})).json()[0]
+        assert row[0] == day_ago and row[1] == tick["o"]
+        assert float(tick["l"]) <= float(tick["c"]) <= float(tick["h"])
+
+
+async def test_final_klines_equal_rest_rows_and_history() -> None:
+    async with LocalExchange(symbols=("BTCUSDT", "1000PEPEUSDT"), speed=120, start_time=START) as ex:
+        streams = "btcusdt@kline_1m/1000pepeusdt@kline_1m"
+        async with connect(f"{ex.ws_base}/stream?streams={streams}") as ws:
+            frames = await collect(ws, 1.3)
+        async with httpx.AsyncClient(base_url=ex.rest_base) as http:
+            for sym in ("BTCUSDT", "1000PEPEUSDT"):
+                finals = [k for k in klines(frames, f"{sym.lower()}@kline_1m") if k["x"]]
+                assert len(finals) >= 2
+                params = {"symbol": sym, "interval": "1m", "startTime": finals[0]["t"], "endTime": finals[-1]["t"]}
+                rows = (await http.get("/fapi/v1/klines", params=params)).json()
+                assert rows == [row_of(k) for k in finals]  # every field, as strings
+                hist = ex.history(sym, start_ms=finals[0]["t"], end_ms=finals[-1]["t"])
+                assert hist.schema == pl.Schema(KLINE_SCHEMA)
+                assert hist["close"].to_list() == [float(k["c"]) for k in finals]
+                assert hist["quote_volume"].to_list() == [float(k["q"]) for k in finals]
+                assert hist["trades"].to_list() == [k["n"] for k in finals]
+
+
+async def test_longer_intervals_aggregate_the_minutes_exactly() -> None:
+    async with LocalExchange(symbols=("ETHUSDT",), speed=600, start_time=START) as ex:
+        async with connect(f"{ex.ws_base}/stream?streams=ethusdt@kline_5m/ethusdt@kline_1m") as ws:
+            frames = await collect(ws, 1.3)
+        five = [k for k in klines(frames, "ethusdt@kline_5m") if k["x"]]
+        ones = {k["t"]: k for k in klines(frames, "ethusdt@kline_1m") if k["x"]}
+        assert five and all(k["t"] % (5 * MIN) == 0 for k in five)
+        async with httpx.AsyncClient(base_url=ex.rest_base) as http:
+            rows = (await http.get("/fapi/v1/klines", params={"symbol": "ETHUSDT", "interval": "5m", "startTime": five[0]["t"], "limit": len(five)})).json()
+        assert rows == [row_of(k) for k in five]
+        for k in five:
+            parts = [ones.get(k["t"] + i * MIN) for i in range(5)]
+            if None in parts:
+                continue
+            assert k["o"] == parts[0]["o"] and k["c"] == parts[-1]["c"]
+            assert Decimal(k["h"]) == max(Decimal(p["h"]) for p in parts)
+            assert Decimal(k["l"]) == min(Decimal(p["l"]) for p in parts)
+            assert Decimal(k["v"]) == sum(Decimal(p["v"]) for p in parts)
+            assert Decimal(k["q"]) == sum(Decimal(p["q"]) for p in parts)
+            assert k["n"] == sum(p["n"] for p in parts) and k["f"] == parts[0]["f"] and k["L"] == parts[-1]["L"]
+
+
+async def test_rest_params_limits_errors_and_both_paths() -> None:
+    # speed=0 with no subscriber: the sim clock stands still at START
+    async with LocalExchange(symbols=("BTCUSDT", "SOLUSDT"), speed=0, start_time=START, history_minutes=2000) as ex, \
+            httpx.AsyncClient(base_url=ex.rest_base) as http:
+
+        async def get(path="/fapi/v1/klines", **params):
+            r = await http.get(path, params={"symbol": "BTCUSDT", "interval": "1m", **params})
+            return r.status_code, r.json()
+
+        status, rows = await get()
+        assert status == 200 and len(rows) == 500 and rows[-1][0] == START - MIN  # nothing formed at START yet
+        assert [r[0] for r in rows] == list(range(START - 500 * MIN, START, MIN))
+        assert all(len(r) == 12 and r[11] == "0" and isinstance(r[8], int) for r in rows)
+        _, rows = await get(startTime=START - 100 * MIN + 1, limit=10)
+        assert [r[0] for r in rows] == list(range(START - 99 * MIN, START - 89 * MIN, MIN))
+        _, rows = await get(endTime=START - 50 * MIN, limit=5)
+        assert [r[0] for r in rows] == list(range(START - 54 * MIN, START - 49 * MIN, MIN))
+        _, rows = await get(startTime=START - 30 * MIN, endTime=START - 10 * MIN)
+        assert len(rows) == 21
+        _, rows = await get(startTime=0, limit=3)  # before the history: it starts at its origin
+        assert rows[0][0] == START - 2000 * MIN and len(rows) == 3
+        status, rows = await get(limit=1500)
+        assert status == 200 and len(rows) == 1500
+        assert await get(limit=1501) == (400, {"code": -1130, "msg": "Data sent for parameter 'limit' is not valid."})
+        status, spot = await get("/api/v3/klines", limit=1500)  # spot caps at 1000
+        assert status == 200 and spot == rows[-1000:]
+        _, rows_5m = await get(interval="5m", endTime=START - 1, limit=2)
+        last_5m = (START - 1) // (5 * MIN) * 5 * MIN
+        assert [r[0] for r in rows_5m] == [last_5m - 5 * MIN, last_5m]
+        assert await get(symbol="NOPEUSDT") == (400, {"code": -1121, "msg": "Invalid symbol."})
+        assert (await get(symbol="btcusdt"))[1]["code"] == -1100
+        assert (await get(interval="7m"))[1] == {"code": -1120, "msg": "Invalid interval."}
+        assert (await get(startTime="yesterday"))[1]["code"] == -1100
+        assert (await get(startTime=START, endTime=START - MIN))[1]["code"] == -1023
+        r = await http.get("/fapi/v1/klines", params={"interval": "1m"})
+        assert r.status_code == 400 and r.json()["code"] == -1102
+        assert (await http.get("/nope")).status_code == 404
+        assert (await http.get("/fapi/v1/time")).json() == {"serverTime": START}
+        assert ex.history("BTCUSDT")["open_time"].len() == 2000
+
+    # mid-minute, REST's last row is the forming candle (as Binance does); history() is closed only
+    async with LocalExchange(symbols=("BTCUSDT",), speed=0, start_time=START + 30_000, history_minutes=60) as ex, \
+            httpx.AsyncClient(base_url=ex.rest_base) as http:
+        rows = (await http.get("/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "1m"})).json()
+        assert len(rows) == 61 and rows[-1][0] == START and rows[-1][6] > ex.now_ms()
+        assert rows[-1][1] == rows[-2][4] and float(rows[-1][5]) > 0
+        hist = ex.history("BTCUSDT")
+        assert hist.height == 60 and hist["open_time"].dt.epoch("ms").max() == START - MIN
+
+
+async def test_subscribe_list_unsubscribe_and_raw_streams() -> None:
+    async with LocalExchange(symbols=("BTCUSDT",), speed=120, start_time=START) as ex:
+        async with connect(f"{ex.ws_base}/stream") as ws:
+            await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@kline_1m", "nopeusdt@kline_1m"], "id": 1}))
+            assert await ws.recv() == '{"result":null,"id":1}'
+            first = json.loads(await asyncio.wait_for(ws.recv(), 2))
+            assert first["stream"] == "btcusdt@kline_1m"
+            await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
+            replies = [json.loads(f) for _, f in await collect(ws, 0.2)]
+            assert {"result": ["btcusdt@kline_1m", "nopeusdt@kline_1m"], "id": 2} in replies
+            await ws.send(json.dumps({"method": "UNSUBSCRIBE", "params": ["btcusdt@kline_1m"], "id": 3}))
+            replies = [json.loads(f) for _, f in await collect(ws, 0.2)]
+            assert {"result": None, "id": 3} in replies
+            assert await collect(ws, 0.3) == []
+            await ws.send("{not json")
+            assert json.loads(await ws.recv())["error"]["code"] == 3
+            await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["x"]}))  # no id
+            assert json.loads(await ws.recv())["error"]["code"] == 2
+        async with connect(f"ws://127.0.0.1:{ex.port}/ws/btcusdt@kline_1m") as ws:
+            data = json.loads(await asyncio.wait_for(ws.recv(), 2))
+            assert data["e"] == "kline" and data["s"] == "BTCUSDT"  # raw: no stream wrapper
+        async with connect(f"ws://127.0.0.1:{ex.port}/stream?streams=btcusdt@ticker") as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 2))["stream"] == "btcusdt@ticker"
+        assert ex.stats.connections_total == 3 and ex.stats.frames_sent > 0
+
+
+async def test_replay_sends_every_recorded_frame_once() -> None:
+    _, recorded = read_recording(RECORDING)
+    assert len(recorded) == 1535
+    async with LocalExchange(replay=RECORDING, speed=0, loop=False) as ex:
+        async with connect(f"{ex.ws_base}/stream?streams=sushiusdt@kline_1m") as ws:
+            got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(1535)]
+            assert await collect(ws, 0.3) == []  # no loop: it stops at the end
+        assert got == [raw for _, raw in recorded]  # byte for byte, other streams included
+        final = next(json.loads(raw)["data"]["k"] for raw in got if '"sushiusdt@kline_1m"' in raw and '"x":true' in raw)
+        async with httpx.AsyncClient(base_url=ex.rest_base) as http:
+            rows = (await http.get("/fapi/v1/klines", params={"symbol": "SUSHIUSDT", "interval": "1m"})).json()
+            assert rows == [row_of(final)]
+            assert (await http.get("/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "1m"})).status_code == 400
+
+
+async def test_replay_keeps_recorded_timing_over_speed_and_loops() -> None:
+    _, recorded = read_recording(RECORDING)
+    span = recorded[-1][0] - recorded[0][0]
+    async with LocalExchange(replay=RECORDING, speed=60, loop=True) as ex:
+        async with connect(f"{ex.ws_base}/stream") as ws:
+            t0 = time.monotonic()
+            got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(1540)]
+            elapsed = time.monotonic() - t0
+    assert elapsed >= 0.8 * span / 60
+    assert got[1535:] == [raw for _, raw in recorded[:5]]
+
+
+async def test_drop_connections_closes_without_close_frame() -> None:
+    async with LocalExchange(symbols=("BTCUSDT",), speed=120, start_time=START) as ex:
+        url = f"{ex.ws_base}/stream?streams=btcusdt@kline_1m"
+        async with connect(url) as ws:
+            await ws.recv()
+            assert ex.drop_connections() == 1
+            with pytest.raises(ConnectionClosedError) as info:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 2)
+            assert info.value.rcvd is None  # abrupt: 1006, no close frame
+        async with connect(url) as ws, httpx.AsyncClient(base_url=ex.rest_base) as http:
+            await ws.recv()  # reconnecting works
+            r = await http.post("/_control/drop_connections")
+            assert r.json() == {"ok": True, "dropped": 1}
+            with pytest.raises(ConnectionClosedError):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 2)
+
+
+async def test_refuse_rejects_handshakes_with_the_status() -> None:
+    async with LocalExchange(symbols=("BTCUSDT",), speed=120, start_time=START) as ex, \
+            httpx.AsyncClient(base_url=ex.rest_base) as http:
+        url = f"{ex.ws_base}/stream?streams=btcusdt@kline_1m"
+        ex.refuse(0.6, 451)
+        with pytest.raises(InvalidStatus) as info:
+            await connect(url)
+        assert info.value.response.status_code == 451
+        assert b"restricted location" in info.value.response.body
+        assert (await http.get("/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "1m"})).status_code == 200
+        await asyncio.sleep(0.7)
+        async with connect(url) as ws:
+            await ws.recv()
+        assert (await http.post("/_control/refuse", params={"seconds": 0.5, "status": 403})).json() == {"ok": True}
+        with pytest.raises(InvalidStatus) as info:
+            await connect(url)
+        assert info.value.response.status_code == 403 and ex.stats.refused == 2
+
+
+async def test_stall_sends_nothing_and_leaves_pings_unanswered() -> None:
+    async with LocalExchange(symbols=("BTCUSDT",), speed=120, start_time=START) as ex:
+        async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m") as ws:
+            before = json.loads((await collect(ws, 0.2))[-1][1])["data"]["E"]
+            ex.stall(1.0)
+            stalled_at = time.monotonic()
+            await collect(ws, 0.1)  # what was already on the wire
+            pong = await ws.ping()
+            assert await collect(ws, 0.6) == []
+            assert not pong.done()
+            after = await asyncio.wait_for(ws.recv(), 2)
+            assert time.monotonic() - stalled_at >= 0.95
+            await asyncio.wait_for(pong, 2)
+            # the ticks of the stall are lost, as on a stale socket: the consumer must backfill
+            assert json.loads(after)["data"]["E"] - before > 60_000
+
+
+async def test_malformed_frames_arrive_interleaved() -> None:
+    def classify(text: str, wanted: set[str]) -> str:
+        try:
+            m = json.loads(text)
+        except ValueError:
+            return "not_json"
+        if m.get("stream") not in wanted:
+            return "unknown_stream"
+        k = m["data"].get("k", {})
+        if not set(KLINE_KEYS) <= k.keys():
+            return "missing_fields"
+        try:
+            values = [float(k[f]) for f in "ohlcvqVQ"]
+        except ValueError:
+            return "non_numeric"
+        if any(math.isnan(v) for v in values):
+            return "nan"
+        if k["t"] % MIN or k["T"] != k["t"] + MIN - 1:
+            return "misaligned"
+        return "ok"
+
+    async with LocalExchange(symbols=("BTCUSDT",), speed=120, start_time=START) as ex:
+        async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m") as ws:
+            await ws.recv()
+            ex.malformed(6)
+            kinds = [classify(f, {"btcusdt@kline_1m"}) for _, f in await collect(ws, 0.5)]
+        bad = [k for k in kinds if k != "ok"]
+        assert sorted(bad) == sorted(MALFORMED_KINDS)
+        assert all(kinds[i - 1] == "ok" for i, k in enumerate(kinds) if k != "ok")  # interleaved
+        assert ex.stats.malformed_sent == 6
+
+
+async def test_duplicate_and_late_finals() -> None:
+    async with LocalExchange(symbols=("BTCUSDT",), speed=240, start_time=START) as ex:
+        async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m") as ws:
+            ex.duplicate_finals(True)
+            ks = klines(await collect(ws, 0.7), "btcusdt@kline_1m")
+            finals = [k for k in ks if k["x"]]
+            counts = Counter(k["t"] for k in finals)
+            counts.pop(finals[-1]["t"])  # the window may have cut the last pair
+            assert counts and set(counts.values()) == {2}
+            assert all(a == b for a, b in zip(finals[::2], finals[1::2]))
+            ex.duplicate_finals(False)
+            ex.late_finals(3.0)
+            await collect(ws, 0.15)
+            frames = [json.loads(f)["data"] for _, f in await collect(ws, 0.7)]
+        # finals of candles that closed inside the window (earlier ones had their
+        # next candle's updates before it)
+        late = [(i, d) for i, d in enumerate(frames) if d["k"]["x"] and d["k"]["T"] + 1 >= frames[0]["E"]]
+        assert late
+        for i, d in late:
+            assert d["E"] == d["k"]["T"] + 1 + 3000  # sent 3 s of sim time after the close
+            assert any(f["k"]["t"] == d["k"]["t"] + MIN for f in frames[:i])  # after the next candle's updates
+        assert len({d["k"]["t"] for _, d in late}) == len(late)
+
+
+async def test_rest_fail_answers_429_with_retry_after() -> None:
+    async with LocalExchange(symbols=("BTCUSDT",), speed=0, start_time=START) as ex, \
+            httpx.AsyncClient(base_url=ex.rest_base) as http:
+        params = {"symbol": "BTCUSDT", "interval": "1m", "limit": 2}
+        ex.rest_fail(2, 429, retry_after=1)
+        for _ in range(2):
+            r = await http.get("/fapi/v1/klines", params=params)
+            assert r.status_code == 429 and r.headers["Retry-After"] == "1" and r.json()["code"] == -1003
+            assert (await http.get("/_control/stats")).status_code == 200  # control is never failed
+        assert (await http.get("/fapi/v1/klines", params=params)).status_code == 200
+        await http.post("/_control/rest_fail", params={"n": 1, "status": 418, "retry_after": 2})
+        r = await http.get("/api/v3/klines", params=params)
+        assert r.status_code == 418 and r.headers["Retry-After"] == "2"
+
+
+async def test_http_control_endpoints() -> None:
+    async with LocalExchange(symbols=("BTCUSDT",), speed=120, start_time=START, history_minutes=30) as ex, \
+            httpx.AsyncClient(base_url=ex.rest_base) as http:
+        async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m") as ws:
+            await ws.recv()
+            stats = (await http.post("/_control/stats")).json()
+            assert stats["connections_open"] == 1 and stats["frames_sent"] >= 1 and stats["now"] > START
+            assert (await http.post("/_control/malformed", params={"n": 2})).json() == {"ok": True}
+            await http.post("/_control/duplicate_finals", params={"on": "true"})
+            assert ex._duplicate
+            await http.post("/_control/late_finals", params={"seconds": 2})
+            assert ex._late_ms == 2000
+            await http.post("/_control/reset")
+            assert not ex._duplicate and ex._late_ms == 0
+            await http.post("/_control/stall", params={"seconds": 0.5})
+            await collect(ws, 0.1)
+            assert await collect(ws, 0.3) == []
+            await collect(ws, 0.3)
+        assert ex.stats.malformed_sent == 2
+        truth = (await http.post("/_control/history", params={"symbol": "BTCUSDT", "end_ms": START - MIN})).json()
+        rest = (await http.get("/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "1m", "endTime": START - MIN})).json()
+        assert len(truth) == 30 and truth == rest
+        assert (await http.post("/_control/nope")).status_code == 404
+        assert (await http.post("/_control/stall", params={"seconds": "soon"})).status_code == 400
+
+
+async def test_same_seed_same_market_and_a_plausible_one() -> None:
+    kw = dict(speed=0, start_time=START, history_minutes=1440)
+    async with LocalExchange(seed=7, **kw) as a, LocalExchange(seed=7, **kw) as b, \
+            LocalExchange(seed=8, symbols=("BTCUSDT",), **kw) as c:
+        assert len(a.config.symbols) == 50
+        assert a.history("BTCUSDT").equals(b.history("BTCUSDT"))
+        assert a.history("DOGEUSDT", "15m").equals(b.history("DOGEUSDT", "15m"))
+        assert not a.history("BTCUSDT").equals(c.history("BTCUSDT"))
+        frames = pl.concat([a.history(s) for s in a.config.symbols])
+    assert frames.height == 50 * 1440
+    stats = frames.group_by("symbol").agg(
+        ret_std=pl.col("close").log().diff().std(),
+        first=pl.col("close").first(),
+        gaps=(pl.col("open_time").diff().dt.total_milliseconds() != MIN).sum(),
+        bad_open=(pl.col("open") != pl.col("close").shift()).sum(),
+    )
+    assert stats["ret_std"].is_between(0.0003, 0.006).all()
+    assert stats["gaps"].sum() == 0 and stats["bad_open"].sum() == 0
+    price = dict(zip(stats["symbol"], stats["first"]))
+    assert 60_000 < price["BTCUSDT"] < 100_000 and 2_000 < price["ETHUSDT"] < 4_000 and price["1000PEPEUSDT"] < 1
+    assert frames.filter(
+        (pl.col("high") < pl.max_horizontal("open", "close")) | (pl.col("low") > pl.min_horizontal("open", "close"))
+        | (pl.col("taker_buy_volume") > pl.col("volume")) | (pl.col("trades") < 1) | (pl.col("volume") <= 0)
+    ).height == 0
+
+
+async def test_max_speed_streams_flat_out_and_idles_without_clients() -> None:
+    async with LocalExchange(symbols=("BTCUSDT",), speed=0, start_time=START) as ex:
+        async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m") as ws:
+            t0 = time.monotonic()
+            ks = [json.loads(await asyncio.wait_for(ws.recv(), 5))["data"] for _ in range(2400)]
+            elapsed = time.monotonic() - t0
+        assert {b["E"] - a["E"] for a, b in zip(ks, ks[1:])} == {250}
+        assert sum(d["k"]["x"] for d in ks) == 10 and elapsed < 10  # 10 sim minutes; real time would take 600 s
+        await asyncio.sleep(0.1)
+        now = ex.now_ms()
+        await asyncio.sleep(0.2)
+        assert ex.now_ms() == now and not ex._wake.is_set()  # no subscriber: the clock waits
+        async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m") as ws:
+            data = json.loads(await asyncio.wait_for(ws.recv(), 5))["data"]
+        assert data["E"] > now  # ... and resumes for the next client
+
+
+async def test_cli_serves_until_sigterm_and_exits_0() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "market.exchange", "--port", "0", "--symbols", "BTCUSDT,ETHUSDT", "--speed", "0",
+        "--history-minutes", "120", cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    try:
+        info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        assert info["ws"].startswith("ws://127.0.0.1:") and info["ws"].endswith("/market")
+        async with httpx.AsyncClient(base_url=info["rest"]) as http:
+            rows = (await http.get("/fapi/v1/klines", params={"symbol": "ETHUSDT", "interval": "1m", "limit": 1000})).json()
+        assert len(rows) == 120
+        async with connect(f"{info['ws']}/stream?streams=btcusdt@kline_1m") as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["data"]["s"] == "BTCUSDT"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

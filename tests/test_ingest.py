@@ -1,0 +1,428 @@
+"""store/ingest.py: the whole pipeline against the local exchange, into real DuckDB files.
+
+In-process tests run ``Pipeline`` against ``LocalExchange`` at 60x speed (a candle
+closes every second) and compare what lands in DuckDB with the exchange's own
+history, candle by candle; CLI tests run ``python -m store.ingest`` against
+``python -m market.exchange`` in subprocesses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import talib
+from polars.testing import assert_frame_equal
+
+import store
+from market.exchange import LocalExchange
+from market.feed import Feed
+from store import history
+from store.db import gate
+from store.ingest import IngestConfig, Pipeline
+from tests.conftest import ROOT
+
+MINUTE = 60_000
+KEY = ["symbol", "interval", "open_time"]
+FAST_FEED = dict(watchdog=1.0, backoff_base=0.05, backoff_cap=0.5, first_event_wait=2.0)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def wait_for(cond, timeout: float = 30.0, every: float = 0.02, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        await asyncio.sleep(every)
+
+
+def make_pipeline(ex: LocalExchange, db: Path, symbols: tuple[str, ...], **config) -> Pipeline:
+    """A Pipeline on ``ex`` whose feed reconnects within tenths of a second."""
+    kw = dict(lookback=200, flush_every=0.25, watchdog=1.0)
+    kw.update(config)
+    cfg = IngestConfig(db=db, symbols=symbols, ws_url=ex.ws_base, rest_url=ex.rest_base, **kw)
+    p = Pipeline(cfg)
+    # IngestConfig has no knobs for the backoff: give the pipeline a feed with small numbers
+    p.feed = Feed(dataclasses.replace(cfg.feed_config(), **FAST_FEED), p.queue, last_closed=p.state.last_closed)
+    return p
+
+
+@contextlib.asynccontextmanager
+async def running(p: Pipeline):
+    task = asyncio.create_task(p.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)  # a hang on stop fails here
+
+
+def closed_through(p: Pipeline, symbols, ms: int) -> bool:
+    return all((p.state.last_closed(s) or 0) >= ms for s in symbols)
+
+
+def to_ms(value) -> int:
+    return int(pl.Series([value]).dt.epoch("ms")[0])
+
+
+def check_exactly_once(ex: LocalExchange, db: Path, symbols, *, first_ms: int | None = None) -> dict[str, pl.DataFrame]:
+    """Every stored candle once, no holes, each with exactly the exchange's numbers."""
+    out = {}
+    for sym in symbols:
+        got = history.klines(sym, db=db)
+        assert got.height > 0, f"nothing stored for {sym}"
+        assert got.select(KEY).is_duplicated().sum() == 0, f"{sym}: duplicated candles"
+        first, last = to_ms(got["open_time"][0]), to_ms(got["open_time"][-1])
+        if first_ms is not None:
+            assert first == first_ms, f"{sym}: history starts at {first}, expected {first_ms}"
+        assert_frame_equal(got, ex.history(sym, start_ms=first, end_ms=last))
+        out[sym] = got
+    assert history.gaps(db=db).height == 0
+    cov = history.coverage(db=db)
+    assert sorted(cov["symbol"].to_list()) == sorted(symbols) and cov["missing"].to_list() == [0] * len(symbols)
+    return out
+
+
+def check_indicators(db: Path, symbols, tol: float = 1e-9) -> None:
+    """Stored RSI equals TA-Lib's RSI over the stored closes, per symbol, from index 14."""
+    n_klines = store.query("SELECT count(*) AS n FROM klines", db=db)["n"][0]
+    n_ind = store.query("SELECT count(*) AS n FROM indicators", db=db)["n"][0]
+    dups = store.query("SELECT count(*) AS n FROM (SELECT symbol, interval, open_time FROM indicators "
+                       "GROUP BY ALL HAVING count(*) > 1)", db=db)["n"][0]
+    assert n_ind == n_klines and dups == 0
+    for sym in symbols:
+        rows = history.with_indicators(sym, db=db)
+        closes = rows["close"].to_numpy()
+        want = talib.RSI(closes, 14)
+        have = rows["rsi"].cast(pl.Float64).to_numpy()
+        assert len(closes) > 14
+        assert np.isnan(have[:14]).all()
+        assert np.abs(have[14:] - want[14:]).max() <= tol, sym
+
+
+def check_tickers(db: Path, symbols) -> None:
+    tick = store.query("SELECT * FROM tickers ORDER BY symbol", db=db)
+    assert tick["symbol"].to_list() == sorted(symbols)
+    assert (tick["last_price"] > 0).all() and tick["event_time"].null_count() == 0
+
+
+# --------------------------------------------------------------------------- in process
+
+
+async def test_pipeline_stores_every_candle_once_with_talib_indicators(tmp_path):
+    syms = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    db = tmp_path / "m.duckdb"
+    async with LocalExchange(symbols=syms, speed=60, history_minutes=400) as ex:
+        p = make_pipeline(ex, db, syms, lookback=300)
+        began = ex.now_ms()
+        async with running(p):
+            await wait_for(lambda: closed_through(p, syms, began - began % MINUTE + 3 * MINUTE),
+                           what="three minutes of stream finals")
+            await wait_for(lambda: p.writer.status().written_rows > 0, what="a flush")
+        assert p.writer.pending_rows == 0
+        assert p.feed.backfilled_rows >= 3 * 300
+        stored = check_exactly_once(ex, db, syms)
+        for sym, got in stored.items():
+            # the backfill reached `lookback` candles back from the connect time
+            assert got.height >= 300 + 3
+            assert to_ms(got["open_time"][0]) <= began - 299 * MINUTE
+        check_indicators(db, syms)
+        check_tickers(db, syms)
+        assert p.feed.status().rejected == {}
+
+
+async def test_pipeline_survives_faults_without_gaps_or_duplicates(tmp_path):
+    syms = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")
+    db = tmp_path / "m.duckdb"
+    async with LocalExchange(symbols=syms, speed=60, history_minutes=300) as ex:
+        p = make_pipeline(ex, db, syms, lookback=100)
+        conns = p.feed.connections
+        async with running(p):
+            def minutes_ahead(n: int) -> int:
+                now = ex.now_ms()
+                return now - now % MINUTE + n * MINUTE
+
+            await wait_for(lambda: closed_through(p, syms, minutes_ahead(0) - MINUTE), what="live")
+            ex.malformed(12)
+            await wait_for(lambda: sum(p.feed.parser.rejected.values()) >= 12, what="bad frames read")
+
+            ex.duplicate_finals(True)
+            target = minutes_ahead(2)
+            await wait_for(lambda: closed_through(p, syms, target), what="finals sent twice")
+
+            ex.late_finals(10)  # 10 s of sim time: past the 5 s grace, so REST may repair them first
+            target = minutes_ahead(2)
+            await wait_for(lambda: closed_through(p, syms, target), what="late finals")
+            ex.duplicate_finals(False)
+            ex.late_finals(0)
+
+            reconnects = sum(c.status.reconnects for c in conns)
+            assert ex.drop_connections() >= 1
+            await wait_for(lambda: sum(c.status.reconnects for c in conns) > reconnects, what="a reconnect")
+            target = minutes_ahead(1)
+            await wait_for(lambda: closed_through(p, syms, target), what="data after the reconnect")
+
+            backfilled = p.feed.backfilled_rows
+            ex.refuse(1.5)  # an outage of 1.5 minutes of sim time
+            ex.drop_connections()
+            await wait_for(lambda: ex.stats.refused >= 1, what="a refused handshake")
+            assert p.status().feed.state in ("reconnecting", "offline", "connecting")
+            target = minutes_ahead(2)  # past the end of the outage
+            await wait_for(lambda: closed_through(p, syms, target) and p.status().feed.state == "live",
+                           what="recovery after the outage")
+            assert ex.stats.refused >= 2
+            # the candles that closed during the outage came over REST
+            assert p.feed.backfilled_rows - backfilled >= len(syms)
+        status = p.status()
+        assert status.store.pending_rows == 0
+        assert status.feed.reconnects >= 2
+        assert status.feed.rejected == {
+            "not_json": 2, "missing_field": 2, "bad_number": 4, "misaligned_time": 2, "unrequested_symbol": 2,
+        }
+        assert ex.stats.malformed_sent == 12
+        stored = check_exactly_once(ex, db, syms)
+        for sym, got in stored.items():
+            assert got.height >= 100 + 8  # the backfill plus the minutes streamed through the faults
+        check_indicators(db, syms)
+        check_tickers(db, syms)
+
+
+async def test_file_held_by_another_process_loses_nothing(tmp_path, hold_file):
+    syms = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    db = tmp_path / "m.duckdb"
+    async with LocalExchange(symbols=syms, speed=60, history_minutes=300) as ex:
+        p = make_pipeline(ex, db, syms, lookback=100)
+        async with running(p):
+            await wait_for(lambda: p.writer.status().written_rows >= 300 and p.writer.pending_rows == 0,
+                           what="the backfill written")
+            # keep our own writer out while the other process opens the file (its open would
+            # fail if a flush happened to hold the file at that moment)
+            g = gate(db)
+            assert g.read(time.monotonic() + 10)
+            try:
+                holder = await asyncio.to_thread(hold_file, db)
+            finally:
+                g.end_read()
+            held_at = time.monotonic()
+            written = p.writer.status().written_rows
+            while time.monotonic() - held_at < 3.0:
+                await asyncio.sleep(0.05)
+            st = p.writer.status()
+            assert st.written_rows == written  # nothing could be written ...
+            assert st.pending_rows > 0  # ... so it waits in memory
+            assert "held by process" in (st.last_error or ""), st.last_error
+            assert "rows waiting for the database" in p.status().describe()
+            last_before_release = max(p.state.last_closed(s) for s in syms)
+            await asyncio.to_thread(holder.release)
+            await wait_for(lambda: p.writer.pending_rows == 0, what="the backlog written")
+            await wait_for(lambda: closed_through(p, syms, last_before_release + MINUTE), what="one more minute")
+        assert p.writer.status().last_error is None
+        check_exactly_once(ex, db, syms)
+        check_indicators(db, syms)
+
+
+async def test_no_backfill_stores_only_what_the_stream_sent(tmp_path):
+    syms = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    db = tmp_path / "m.duckdb"
+    async with LocalExchange(symbols=syms, speed=60, history_minutes=300) as ex:
+        p = make_pipeline(ex, db, syms, backfill=False)
+        began = ex.now_ms()
+        async with running(p):
+            await wait_for(lambda: closed_through(p, syms, began - began % MINUTE + 2 * MINUTE), what="3 finals")
+        assert ex.stats.rest_requests == 0 and p.feed.backfilled_rows == 0
+        stored = check_exactly_once(ex, db, syms)
+        for got in stored.values():
+            # nothing older than the candle forming when we connected
+            assert to_ms(got["open_time"][0]) >= began - began % MINUTE - MINUTE
+            assert 3 <= got.height <= 6
+        rsi = store.query("SELECT count(rsi) AS n FROM indicators", db=db)["n"][0]
+        assert rsi == 0  # too few candles to warm up
+
+
+async def test_restart_continues_from_the_stored_history(tmp_path):
+    syms = ("BTCUSDT", "ETHUSDT")
+    db = tmp_path / "m.duckdb"
+    async with LocalExchange(symbols=syms, speed=60, history_minutes=300) as ex:
+        first = make_pipeline(ex, db, syms, lookback=50)
+        async with running(first):
+            await wait_for(lambda: first.writer.status().written_rows >= 100, what="a first run")
+        stopped = ex.now_ms()
+        await asyncio.sleep(2.0)  # two minutes pass while nothing runs
+        second = make_pipeline(ex, db, syms, lookback=50)
+        async with running(second):
+            # the stored candles came back into memory, and the gap was fetched from there
+            await wait_for(lambda: closed_through(second, syms, stopped - stopped % MINUTE + MINUTE),
+                           what="the outage repaired")
+            await wait_for(lambda: second.writer.status().written_rows > 0, what="a flush")
+        assert second.feed.backfilled_rows < 2 * 50  # from the last stored candle, not a new lookback
+        check_exactly_once(ex, db, syms)
+        check_indicators(db, syms)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def exchange_proc():
+    """``python -m market.exchange`` on a free port, for the CLI tests."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "market.exchange", "--port", "0", "--speed", "60",
+         "--symbols", "BTCUSDT,ETHUSDT", "--history-minutes", "300"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert info["ws"].endswith("/market") and info["rest"].startswith("http://127.0.0.1:")
+        yield info
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+
+
+def ingest_cmd(exchange: dict, db: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "store.ingest", "--db", str(db), "--symbols", "BTCUSDT,ETHUSDT",
+            "--ws-url", exchange["ws"], "--rest-url", exchange["rest"], "--lookback", "100", *extra]
+
+
+class Lines:
+    """A subprocess's stderr, read in a thread, so the test can wait for log lines."""
+
+    def __init__(self, stream) -> None:
+        self.lines: list[str] = []
+        self._q: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self._q.put(line)
+
+    def wait(self, needle: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.lines.append(line)
+            if needle in line:
+                return line
+        raise AssertionError(f"no log line with {needle!r} within {timeout} s:\n{''.join(self.lines)}")
+
+    def rest(self) -> str:
+        while not self._q.empty():
+            self.lines.append(self._q.get())
+        return "".join(self.lines)
+
+
+def exchange_history(exchange: dict, symbol: str, first_ms: int, last_ms: int) -> list[list]:
+    import httpx
+
+    resp = httpx.post(f"{exchange['rest']}/_control/history",
+                      params={"symbol": symbol, "start_ms": first_ms, "end_ms": last_ms})
+    resp.raise_for_status()
+    return resp.json()
+
+
+def check_cli_db(exchange: dict, db: Path, min_rows: int) -> None:
+    for sym in ("BTCUSDT", "ETHUSDT"):
+        got = history.klines(sym, db=db)
+        assert got.height >= min_rows and got.select(KEY).is_duplicated().sum() == 0
+        rows = exchange_history(exchange, sym, to_ms(got["open_time"][0]), to_ms(got["open_time"][-1]))
+        assert got["open_time"].dt.epoch("ms").to_list() == [r[0] for r in rows]
+        assert got["close"].to_list() == [float(r[4]) for r in rows]
+        assert got["volume"].to_list() == [float(r[5]) for r in rows]
+    assert history.gaps(db=db).height == 0
+    check_tickers(db, ("BTCUSDT", "ETHUSDT"))
+
+
+def test_cli_runs_for_its_duration_and_exits_0(exchange_proc, tmp_path):
+    db = tmp_path / "cli.duckdb"
+    began = time.monotonic()
+    out = subprocess.run(ingest_cmd(exchange_proc, db, "--duration", "4", "--flush-every", "0.5"),
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, env=_env())
+    assert out.returncode == 0, out.stderr
+    assert time.monotonic() - began >= 4
+    assert "stopped:" in out.stderr and ", 0 pending" in out.stderr
+    check_cli_db(exchange_proc, db, 100)
+
+
+def test_cli_sigterm_exits_0_after_a_final_flush(exchange_proc, tmp_path):
+    db = tmp_path / "term.duckdb"
+    # no periodic flush within the run: whatever is stored was written by the final flush
+    proc = subprocess.Popen(ingest_cmd(exchange_proc, db, "--flush-every", "600", "--log-every", "0.3"),
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        log = Lines(proc.stderr)
+        log.wait("symbol=BTCUSDT")
+        log.wait("symbol=ETHUSDT")
+        log.wait("live:")
+        time.sleep(1.5)  # a candle or two from the stream as well
+        assert not db.exists() or store.query("SELECT count(*) AS n FROM klines", db=db)["n"][0] == 0
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.rest()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "stopped:" in log.rest() and ", 0 pending" in log.rest()
+    check_cli_db(exchange_proc, db, 100)
+
+
+def test_sql_cli_answers_while_ingest_runs(exchange_proc, tmp_path):
+    db = tmp_path / "busy.duckdb"
+    proc = subprocess.Popen(ingest_cmd(exchange_proc, db, "--flush-every", "0.1", "--log-every", "60"),
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        log = Lines(proc.stderr)
+        log.wait("symbol=ETHUSDT")
+        deadline = time.monotonic() + 30
+        while not db.exists() or store.query("SELECT count(*) AS n FROM klines", db=db)["n"][0] < 200:
+            assert time.monotonic() < deadline, log.rest()
+            time.sleep(0.1)
+        queries = {
+            "SELECT count(*) AS n FROM klines": "n",
+            "SELECT symbol, max(open_time) AS last FROM klines GROUP BY symbol ORDER BY symbol": "ETHUSDT",
+            "SELECT symbol, last_price FROM tickers ORDER BY symbol": "BTCUSDT",
+            "SELECT k.symbol, avg(i.rsi) AS rsi FROM klines k JOIN indicators i USING (symbol, interval, open_time) "
+            "GROUP BY ALL ORDER BY 1": "rsi",
+            "SELECT count(*) AS n FROM klines WHERE open_time > now() - INTERVAL 100 YEAR": "n",
+            "SELECT * FROM schema_version": "version",
+        }
+        # all at once, each opening and closing the file while the writer flushes every 0.1 s
+        sqls = [subprocess.Popen([sys.executable, "-m", "store.sql", "--db", str(db), "--format", "csv", q],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                for q in queries]
+        results = [s.communicate(timeout=60) for s in sqls]
+        for (q, needle), s, (out, err) in zip(queries.items(), sqls, results):
+            assert s.returncode == 0, f"{q}: {err}"
+            assert out.splitlines()[0].split(",")[0].strip() and needle in out, (q, out)
+        counts = [int(out.splitlines()[1]) for (q, _), (out, _) in zip(queries.items(), results) if q.startswith("SELECT count")]
+        assert all(c >= 200 for c in counts)
+        assert proc.poll() is None  # the ingest kept running through all of it
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.rest()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in log.rest()
+    check_cli_db(exchange_proc, db, 100)

@@ -1,0 +1,221 @@
+"""market/live.py: LiveState on small hand-made batches, indicators checked with TA-Lib."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+import talib
+
+from market.binance import Kline, Ticker
+from market.live import LiveState
+from market.stream import Batch
+from tests.conftest import random_klines
+
+MINUTE = 60_000
+KEY = ["symbol", "interval", "open_time"]
+START = dt.datetime(2026, 1, 1)
+T0 = int(START.replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def t(i: int) -> int:
+    """open_time (ms) of the i-th candle of random_klines."""
+    return T0 + i * MINUTE
+
+
+def records(frame: pl.DataFrame, *, closed: bool = True) -> list[Kline]:
+    """KLINE_SCHEMA rows as the stream's Kline records (event time: just after the close)."""
+    ms = frame.with_columns(pl.col("open_time", "close_time").dt.epoch("ms"))
+    return [Kline(*row, closed, row[3] + 1 if closed else row[2] + 30_000) for row in ms.iter_rows()]
+
+
+def forming(symbol: str, i: int, close: float, event_ms: int) -> Kline:
+    return Kline(symbol, "1m", t(i), t(i) + MINUTE - 1, close, close + 1, close - 1, close,
+                 1.0, close, 1, 0.5, close / 2, False, event_ms)
+
+
+def ticker(symbol: str, price: float, event_ms: int) -> Ticker:
+    return Ticker(symbol, event_ms, price, 1.0, 1.0, price - 1, price + 1, price - 2, 10.0, 10 * price, 5)
+
+
+def talib_check(state: LiveState, symbol: str, closes: np.ndarray | None = None, tol: float = 1e-9) -> None:
+    """RSI and StochRSI in the state equal TA-Lib's over ``closes`` (default: the state's own).
+
+    The state holds the last rows of ``closes``; warm-up rows must be null, the rest equal.
+    """
+    got = state.closed.filter(pl.col("symbol") == symbol).sort("open_time")
+    closes = got["close"].to_numpy() if closes is None else closes
+    offset = len(closes) - got.height
+    rsi = talib.RSI(closes, 14)
+    k, d = talib.STOCH(rsi, rsi, rsi, 14, 3, 0, 3, 0)  # matype 0: SMA
+    for name, want in (("rsi", rsi), ("stoch_k", k), ("stoch_d", d)):
+        want = want[offset:]
+        have = got[name].cast(pl.Float64).to_numpy()  # nulls become NaN
+        if name == "rsi":  # null exactly while warming up (TA-Lib's STOCH starts later than ours)
+            assert np.array_equal(np.isnan(have), np.isnan(want)), "rsi warm-up differs"
+        both = ~np.isnan(want) & ~np.isnan(have)
+        assert both.sum() > 0
+        assert np.abs(have[both] - want[both]).max() <= tol, name
+
+
+# --------------------------------------------------------------------------- forming
+
+
+def test_forming_keeps_the_latest_update_and_ignores_stale_ones():
+    state = LiveState(["BTCUSDT"])
+    state.seed(random_klines(["BTCUSDT"], 20))
+    assert state.last_closed("BTCUSDT") == t(19)
+    version, closed_version = state.version, state.closed_version
+    state.apply(Batch(forming={"BTCUSDT": forming("BTCUSDT", 20, 101.0, t(20) + 1_000)}))
+    state.apply(Batch(forming={"BTCUSDT": forming("BTCUSDT", 20, 103.0, t(20) + 3_000)}))
+    # an older update of the same candle that arrives late (a slow batch) loses
+    state.apply(Batch(forming={"BTCUSDT": forming("BTCUSDT", 20, 102.0, t(20) + 2_000)}))
+    assert state.forming["BTCUSDT"].close == 103.0
+    # an update of a candle already closed is ignored, however new its event time
+    state.apply(Batch(forming={"BTCUSDT": forming("BTCUSDT", 19, 1.0, t(21))}))
+    assert state.forming["BTCUSDT"].open_time == t(20) and state.forming["BTCUSDT"].close == 103.0
+    assert state.version == version + 4 and state.closed_version == closed_version
+    assert state.closed.height == 20  # forming updates never touch the closed history
+    # the next candle replaces the current one ...
+    state.apply(Batch(forming={"BTCUSDT": forming("BTCUSDT", 21, 104.0, t(21) + 500)}))
+    assert state.forming["BTCUSDT"].open_time == t(21)
+    # ... and the final of the candle being formed removes it from the live edge
+    state.apply(Batch(finals=records(random_klines(["BTCUSDT"], 22)[21:])))
+    assert "BTCUSDT" not in state.forming
+    assert state.forming_frame().height == 0
+
+
+def test_finals_merge_newest_wins_and_recompute_later_rows():
+    hist = random_klines(["BTCUSDT"], 60)
+    state = LiveState(["BTCUSDT"])
+    state.seed(hist.head(50))
+    new = records(hist[50:51])[0]
+    fixed = new._replace(close=new.close * 1.01, high=max(new.high, new.close * 1.01))
+    changes = state.apply(Batch(finals=[new, fixed]))  # the same candle twice in one batch
+    assert changes.klines.height == 1 and changes.klines["close"][0] == fixed.close
+    assert changes.symbols == {"BTCUSDT"}
+    assert state.closed.height == 51 and state.closed["close"][-1] == fixed.close
+    # a correction in a later batch replaces the stored row
+    again = fixed._replace(close=new.close)
+    state.apply(Batch(finals=[again]))
+    assert state.closed.height == 51 and state.closed["close"][-1] == new.close
+    # correcting an old candle recomputes every indicator after it
+    old = records(hist[10:11])[0]
+    old = old._replace(close=old.close * 0.99, low=min(old.low, old.close * 0.99))
+    changes = state.apply(Batch(finals=[old]))
+    assert changes.klines.height == 1
+    assert changes.indicators["open_time"].dt.epoch("ms").to_list() == [t(i) for i in range(10, 51)]
+    assert state.closed.select(KEY).is_duplicated().sum() == 0
+    assert state.closed["close"][10] == old.close
+    talib_check(state, "BTCUSDT")
+
+
+# --------------------------------------------------------------------------- order
+
+
+def test_stream_finals_before_the_backfill_end_with_talib_indicators():
+    syms = ["BTCUSDT", "ETHUSDT"]
+    hist = random_klines(syms, 300, seed=7)
+    state = LiveState(syms)
+    # the stream delivers the newest finals first (the backfill is still running) ...
+    newest = hist.filter(pl.col("open_time") >= START + dt.timedelta(minutes=290))
+    first = state.apply(Batch(finals=records(newest.filter(pl.col("open_time") < START + dt.timedelta(minutes=295)))))
+    state.apply(Batch(finals=records(newest.filter(pl.col("open_time") >= START + dt.timedelta(minutes=295)))))
+    assert first.indicators["rsi"].null_count() == first.indicators.height  # 5 candles: warming up
+    assert state.last_closed("ETHUSDT") == t(299)
+    # ... then REST brings the 290 older ones, overlapping the stream by 5
+    backfill = hist.filter(pl.col("open_time") < START + dt.timedelta(minutes=295))
+    changes = state.apply(Batch(rest=backfill))
+    # the stored indicators of the stream's candles are rewritten too
+    assert changes.indicators.height == 600
+    assert changes.indicators.filter(pl.col("open_time") >= START + dt.timedelta(minutes=290))["rsi"].null_count() == 0
+    assert state.closed.height == 600 and state.closed.select(KEY).is_duplicated().sum() == 0
+    for sym in syms:
+        closes = hist.filter(pl.col("symbol") == sym)["close"].to_numpy()
+        assert np.array_equal(state.candles(sym)["close"].to_numpy(), closes)
+        talib_check(state, sym, closes)
+
+
+def test_a_gap_filled_later_gives_talib_indicators():
+    hist = random_klines(["BTCUSDT"], 250, seed=3)
+    state = LiveState(["BTCUSDT"])
+    state.seed(hist.head(100))
+    state.apply(Batch(finals=records(hist[150:])))  # the stream after an outage
+    assert state.closed.height == 200
+    changes = state.apply(Batch(rest=hist[100:150]))  # the repair
+    assert changes.indicators.height == 150  # the hole and everything after it
+    talib_check(state, "BTCUSDT", hist["close"].to_numpy())
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+
+def test_keep_trims_the_oldest_candles_per_symbol():
+    assert LiveState(["BTCUSDT"], keep=10).keep == 501  # never fewer than the indicator warm-up
+    hist = random_klines(["BTCUSDT", "ETHUSDT"], 702, seed=5)
+    state = LiveState(["BTCUSDT", "ETHUSDT"], keep=600)
+    state.seed(hist.filter(pl.col("open_time") < START + dt.timedelta(minutes=700)))
+    for sym in ("BTCUSDT", "ETHUSDT"):
+        kept = state.candles(sym)
+        assert kept.height == 600
+        assert kept["open_time"].dt.epoch("ms").to_list() == [t(i) for i in range(100, 700)]
+    state.apply(Batch(finals=records(hist.filter(pl.col("open_time") >= START + dt.timedelta(minutes=700)))))
+    for sym in ("BTCUSDT", "ETHUSDT"):
+        kept = state.candles(sym)
+        assert kept.height == 600 and kept["open_time"].dt.epoch("ms").min() == t(102)
+        assert state.last_closed(sym) == t(701)
+        # computed from the 600 kept rows only, still TA-Lib's value over all 702 closes
+        talib_check(state, sym, hist.filter(pl.col("symbol") == sym)["close"].to_numpy())
+
+
+def test_missing_finals_detects_a_skipped_final():
+    state = LiveState(["BTCUSDT", "ETHUSDT"])
+    state.seed(random_klines(["BTCUSDT", "ETHUSDT"], 20))  # both closed up to candle 19
+    state.apply(Batch(forming={
+        "BTCUSDT": forming("BTCUSDT", 20, 100.0, t(20) + 30_000),  # the next candle: fine
+        "ETHUSDT": forming("ETHUSDT", 21, 100.0, t(21) + 1_000),  # candle 20 never got its final
+    }))
+    assert state.missing_finals(now_ms=t(21) + 1_000) == []  # within the grace period
+    assert state.missing_finals(now_ms=t(21) + 6_000) == ["ETHUSDT"]
+    assert state.missing_finals(now_ms=t(21) + 6_000, grace_ms=10_000) == []
+    final = records(random_klines(["ETHUSDT"], 21)[20:])
+    state.apply(Batch(finals=final))  # the late final (or the REST repair) arrives
+    assert state.missing_finals(now_ms=t(21) + 30_000) == []
+
+
+def test_snapshot_has_one_row_per_symbol_with_live_indicators():
+    syms = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    hist = random_klines(["BTCUSDT", "ETHUSDT"], 100, seed=11)
+    state = LiveState(syms)
+    state.seed(hist)
+    live_close = hist.filter(pl.col("symbol") == "BTCUSDT")["close"][-1] * 1.003
+    state.apply(Batch(
+        forming={"BTCUSDT": forming("BTCUSDT", 100, live_close, t(100) + 20_000)},
+        tickers={"BTCUSDT": ticker("BTCUSDT", 1.0, t(100) + 19_000),
+                 "SOLUSDT": ticker("SOLUSDT", 150.0, t(100) + 19_500)},
+    ))
+    snap = state.snapshot()
+    assert snap.height == 3 and sorted(snap["symbol"].to_list()) == syms
+    row = {r["symbol"]: r for r in snap.iter_rows(named=True)}
+    # BTC: the forming candle is the live edge, its close the freshest price
+    btc = np.append(hist.filter(pl.col("symbol") == "BTCUSDT")["close"].to_numpy(), live_close)
+    assert row["BTCUSDT"]["last_price"] == live_close
+    assert row["BTCUSDT"]["open_time"] == START + dt.timedelta(minutes=100)
+    assert abs(row["BTCUSDT"]["rsi"] - talib.RSI(btc, 14)[-1]) <= 1e-9
+    # ETH: no forming candle yet: the last closed one
+    eth = hist.filter(pl.col("symbol") == "ETHUSDT")["close"].to_numpy()
+    assert row["ETHUSDT"]["open_time"] == START + dt.timedelta(minutes=99)
+    assert abs(row["ETHUSDT"]["rsi"] - talib.RSI(eth, 14)[-1]) <= 1e-9
+    # SOL: only a ticker so far
+    assert row["SOLUSDT"]["last_price"] == 150.0 and row["SOLUSDT"]["rsi"] is None
+    assert row["SOLUSDT"]["quote_volume"] == 1500.0
+
+
+@pytest.mark.parametrize("interval", ["5m"])
+def test_other_intervals_are_kept_out(interval):
+    state = LiveState(["BTCUSDT"], "1m")
+    other = random_klines(["BTCUSDT"], 10, interval=interval, interval_s=300)
+    changes = state.apply(Batch(rest=other))
+    assert changes.klines.height == 0 and state.closed.height == 0
