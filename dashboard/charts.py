@@ -26,7 +26,7 @@ import holoviews.plotting.bokeh  # noqa: F401  (registers the backend the opts b
 import numpy as np
 import pandas as pd
 import polars as pl
-from bokeh.models import ColumnDataSource, HoverTool
+from bokeh.models import ColumnDataSource, CustomJS, GlyphRenderer, HoverTool
 
 from market.schema import interval_ms
 
@@ -260,9 +260,8 @@ def price_layout(
 
     common = dict(_TOOLS, xlabel="")
     panels = [
-        (candles(shown), "price", 0.5, dict(ylabel="Price", xaxis=None, autorange="y")),
-        (hv.Overlay([volume(shown)]), "volume", 0.14,
-         dict(ylabel="Volume", xaxis=None, autorange="y")),
+        (candles(shown), "price", 0.5, dict(ylabel="Price", xaxis=None)),
+        (hv.Overlay([volume(shown)]), "volume", 0.14, dict(ylabel="Volume", xaxis=None)),
         (rsi_line(shown) * bands(30, 70), "rsi", 0.17,
          dict(ylabel="RSI", ylim=(0, 100), xaxis=None)),
         (stoch_lines(shown) * bands(20, 80), "stoch", 0.19,
@@ -321,6 +320,39 @@ def _y_fit(bars: pd.DataFrame, x0: float, x1: float, lo: str, hi: str,
 _Y_FIT = {"price": ("low", "high", (0.05, 0.05)), "volume": ("zero", "volume", (0, 0.1))}
 
 
+# Fit the y range to the bars in view whenever the x range moves (pan, zoom, scroll).
+# HoloViews' own autorange="y" breaks here: it reads a spatial index that its empty
+# glyphs (the live layout's scaffolding) do not have.
+_AUTORANGE_JS = """
+let lo = Infinity, hi = -Infinity
+for (const s of sources) {
+  const L = s.data.left, R = s.data.right, A = s.data[lo_col], B = s.data[hi_col]
+  if (L == null || R == null || A == null || B == null) continue
+  for (let i = 0; i < L.length; i++) {
+    if (R[i] >= xr.start && L[i] <= xr.end) {
+      if (A[i] < lo) lo = A[i]
+      if (B[i] > hi) hi = B[i]
+    }
+  }
+}
+if (isFinite(lo) && isFinite(hi)) {
+  const span = (hi - lo) || Math.abs(hi) || 1
+  yr.setv({start: lo - pad[0] * span, end: hi + pad[1] * span})
+}
+"""
+
+
+def _autorange_y(fig, lo: str, hi: str, pad: tuple[float, float]) -> None:
+    """Client-side y fit of ``fig`` over every source holding the bar columns."""
+    need = {"left", "right", lo, hi}
+    sources = list({r.data_source.id: r.data_source for r in fig.select({"type": GlyphRenderer})
+                    if need <= set(r.data_source.data)}.values())
+    cb = CustomJS(args=dict(sources=sources, xr=fig.x_range, yr=fig.y_range, lo_col=lo,
+                            hi_col=hi, pad=list(pad)), code=_AUTORANGE_JS)
+    fig.x_range.js_on_change("start", cb)
+    fig.x_range.js_on_change("end", cb)
+
+
 def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {c: frame[c].to_numpy() for c in CHART_COLUMNS}
 
@@ -357,7 +389,7 @@ class _View:
             if plot.handles.get("_view"):  # hooks also run on every update
                 return
             plot.handles["_view"] = True
-            self._decorate(kind, plot.state, getattr(plot, "_js_on_data_callbacks", []))
+            self._decorate(kind, plot.state)
         return hook
 
     def _render_of(self, fig) -> dict:
@@ -377,7 +409,7 @@ class _View:
         self._renders.append(render)
         return render
 
-    def _decorate(self, kind: str, fig, js_callbacks) -> None:
+    def _decorate(self, kind: str, fig) -> None:
         render = self._render_of(fig)
         render["figs"].append((kind, weakref.ref(fig)))
         closed, candle, tail = render["closed"](), render["forming"](), render["tail"]()
@@ -403,9 +435,6 @@ class _View:
                                     source=src)
                     if n == 0:
                         hover_to.append(line)
-        for src in (*bars, tail):  # HoloViews' y autorange on their changes too
-            for cb in js_callbacks:
-                src.js_on_change("data", cb)
         # Reuse HoloViews' hover (same tooltips, one toolbar icon) for the new glyphs.
         for tool in fig.select({"type": HoverTool}):
             if isinstance(tool.renderers, list) and tool.renderers:
@@ -413,6 +442,8 @@ class _View:
                 break
         if len(render["figs"]) == 4:
             render.pop("strong", None)
+        if kind in _Y_FIT:
+            _autorange_y(fig, *_Y_FIT[kind])
         self._set_view(kind, fig)
 
     def _set_view(self, kind: str, fig) -> None:

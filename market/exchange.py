@@ -361,7 +361,8 @@ class LocalExchange:
         known = self.market.specs if self.market else self._recorded_symbols
         if sym not in known:
             return _err(-1121, "Invalid symbol.")
-        limit, start, end = nums["limit"] or 500, nums["startTime"], nums["endTime"]
+        limit = 500 if nums["limit"] is None else nums["limit"]
+        start, end = nums["startTime"], nums["endTime"]
         if limit < 1 or (futures and limit > max_limit):
             return _err(-1130, "Data sent for parameter 'limit' is not valid.")
         limit = min(limit, max_limit)  # spot caps silently
@@ -551,16 +552,18 @@ class LocalExchange:
 
     async def _replay(self, conn: _Conn) -> None:
         """Send the recording raw, with its timing divided by speed; loop if configured."""
-        while True:
-            prev = None
-            for i, (ts, frame) in enumerate(self._recording):
-                if not self.config.max_speed and prev is not None and ts > prev:
-                    await asyncio.sleep((ts - prev) / self.config.speed)
-                elif i % 64 == 0:
+        frames = self._recording
+        while frames:
+            if self.config.max_speed:
+                for i in range(0, len(frames), 256):
+                    await self._deliver(conn, [f for _, f in frames[i:i + 256]])
                     await asyncio.sleep(0)
-                prev = ts
-                await self._deliver(conn, [frame])
-            if not self.config.loop or not self._recording:
+            else:
+                for (prev, _), (ts, frame) in zip([frames[0], *frames], frames):
+                    if ts > prev:
+                        await asyncio.sleep((ts - prev) / self.config.speed)
+                    await self._deliver(conn, [frame])
+            if not self.config.loop:
                 return
 
     def _load_replay(self, path: str | Path) -> None:

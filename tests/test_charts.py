@@ -7,6 +7,7 @@ which kind of update each change sends (stream vs. full re-send vs. patch).
 from __future__ import annotations
 
 import datetime as dt
+import gc
 
 import holoviews as hv
 import numpy as np
@@ -14,7 +15,6 @@ import pandas as pd
 import polars as pl
 import pytest
 from bokeh.document import Document
-from holoviews.plotting.bokeh.element import OverlayPlot
 from bokeh.document.events import ColumnDataChangedEvent, ColumnsPatchedEvent, ColumnsStreamedEvent
 from bokeh.events import RangesUpdate
 from bokeh.models import ColumnDataSource, DatetimeAxis, GlyphRenderer, Plot
@@ -191,7 +191,11 @@ def streamed(n_history: int = 200, n_total: int = 210):
     plot, doc = render(layout)
     events: list = []
     doc.on_change(events.append)
-    return df, buffer, pipe, plot, layout, events
+    return df, buffer, pipe, plot, events
+
+
+def sized(plot, n: int) -> list[ColumnDataSource]:
+    return [s for s in sources_by_size(plot.state) if len(s.data.get("time", [])) == n]
 
 
 def test_streams_for_caps_history_and_starts_with_an_empty_pipe():
@@ -204,49 +208,73 @@ def test_streams_for_caps_history_and_starts_with_an_empty_pipe():
         charts.streams_for(df[["time", "open"]])
 
 
-def test_buffer_send_streams_only_the_new_rows():
-    df, buffer, pipe, plot, layout, events = streamed()
-    figs = figures(plot)
-    assert len(figs) == 4 and len({id(f.x_range) for f in figs}) == 1
-    closed_sources = [s for s in sources_by_size(plot.state) if len(s.data["time"]) == 200]
-    assert len(closed_sources) == 6  # wicks, bodies, volume, RSI, K, D
+def test_builders_as_dynamicmap_callbacks_take_the_incremental_buffer_path():
+    """For notebooks or custom apps that plot the builders on a Buffer directly."""
+    df = history(60)
+    buffer, _ = charts.streams_for(df.iloc[:50])
+    dmap = (hv.DynamicMap(charts.candles, streams=[buffer])
+            * hv.DynamicMap(charts.volume, streams=[buffer])
+            * hv.DynamicMap(charts.rsi_line, streams=[buffer]))
+    plot, doc = render(dmap)
+    events: list = []
+    doc.on_change(events.append)
+    closed = sized(plot, 50)
+    assert len(closed) == 4  # wicks, bodies, volume, RSI
 
-    buffer.send(df.iloc[200:203])
+    buffer.send(df.iloc[50:53])
 
-    assert all(isinstance(panel, hv.DynamicMap) for panel in layout)
-    # What the plotted DynamicMaps hold now (the plot works on its own copies).
-    panels = [p.hmap for p in plot.traverse(lambda p: p, [OverlayPlot])]
-    assert len(panels) == 4 and all(isinstance(m, hv.DynamicMap) for m in panels)
-    frames = [f for m in panels for f in m.last.traverse(
-        lambda e: e.data, [hv.Curve, hv.Rectangles, hv.Segments])]
-    assert len(frames) == 6 and all(len(f) == 203 for f in frames)
-    for src in closed_sources:
-        assert len(src.data["time"]) == 203
-        assert src.data["time"][-1] == df["time"].iloc[202].to_datetime64()
+    assert [len(e.data) for e in plot.current_frame] == [53, 53, 53, 53]
+    assert all(len(s.data["time"]) == 53 for s in closed)
     streamed_ids = {e.model.id for e in events if isinstance(e, ColumnsStreamedEvent)}
     resent_ids = {e.model.id for e in events if isinstance(e, ColumnDataChangedEvent)}
-    assert {s.id for s in closed_sources} <= streamed_ids
-    assert not resent_ids & {s.id for s in closed_sources}  # no full re-send
+    assert {s.id for s in closed} <= streamed_ids
+    assert not resent_ids & {s.id for s in closed}  # no full re-send of the history
+
+
+def test_live_layout_shares_one_axis_and_one_source_of_closed_candles():
+    df, buffer, pipe, plot, events = streamed()
+    figs = figures(plot)
+    assert len(figs) == 4 and len({id(f.x_range) for f in figs}) == 1
+    assert all(isinstance(f.xaxis[0], DatetimeAxis) for f in figs)
+    closed = sized(plot, 200)
+    assert len(closed) == 1  # one source behind all four panels
+    assert closed[0].data["close"].tolist() == df["close"].iloc[:200].tolist()
+    users = {id(f) for f in figs for r in f.select({"type": GlyphRenderer})
+             if r.data_source is closed[0]}
+    assert len(users) == 4
+
+
+def test_buffer_send_streams_only_the_new_rows():
+    df, buffer, pipe, plot, events = streamed()
+    closed = sized(plot, 200)[0]
+    buffer.send(df.iloc[200:203])
+    assert closed.data["time"][-1] == df["time"].iloc[202].to_datetime64()
+    assert closed.data["close"].tolist() == df["close"].iloc[:203].tolist()
+    mine = [e for e in events if getattr(e, "model", None) is closed]
+    assert [type(e) for e in mine] == [ColumnsStreamedEvent]
+    assert len(mine[0].data["time"]) == 3 and mine[0].rollover == charts.BUFFER_LENGTH
+    # A row already shown (a late duplicate of a closed candle) is not drawn twice.
+    buffer.send(df.iloc[202:203])
+    assert len(closed.data["time"]) == 203
 
 
 def test_pipe_send_updates_forming_glyphs_without_touching_history():
-    df, buffer, pipe, plot, layout, events = streamed()
-    closed_ids = {s.id for s in sources_by_size(plot.state) if len(s.data["time"]) == 200}
+    df, buffer, pipe, plot, events = streamed()
+    closed = sized(plot, 200)[0]
     live = df.iloc[200:201]
     pipe.send(live)
-    forming = [s for s in sources_by_size(plot.state) if len(s.data["time"]) == 1]
-    assert len(forming) == 2  # the candle (price) and its volume bar
-    assert all(s.data["close"][0] == live["close"].iloc[0] for s in forming)
-    stubs = [s for s in sources_by_size(plot.state) if len(s.data["time"]) == 2]
-    assert len(stubs) == 2  # RSI and StochRSI: last closed -> forming
-    assert stubs[0].data["rsi"].tolist() == [df["rsi"].iloc[199], df["rsi"].iloc[200]]
-    assert not {e.model.id for e in events if hasattr(e, "model")} & closed_ids
+    forming = sized(plot, 1)
+    assert len(forming) == 1 and forming[0].data["close"][0] == live["close"].iloc[0]
+    stub = sized(plot, 2)
+    assert len(stub) == 1  # RSI/StochRSI: last closed -> forming
+    assert stub[0].data["rsi"].tolist() == [df["rsi"].iloc[199], df["rsi"].iloc[200]]
+    assert not [e for e in events if getattr(e, "model", None) is closed]
     pipe.send(charts.empty_chart_frame())
-    assert all(len(s.data["time"]) == 0 for s in forming)
+    assert len(forming[0].data["time"]) == 0
 
 
 def test_view_follows_the_live_end_and_stays_when_panned_away():
-    df, buffer, pipe, plot, layout, events = streamed()
+    df, buffer, pipe, plot, events = streamed()
     xr = figures(plot)[0].x_range
     step = 60_000.0
     pipe.send(df.iloc[200:201])
@@ -265,15 +293,53 @@ def test_view_follows_the_live_end_and_stays_when_panned_away():
     assert xr.reset_end == pytest.approx(charts._col_ms(df, "right")[202] + 3 * step)
 
 
+def test_price_range_fits_the_candles_in_view():
+    df, buffer, pipe, plot, events = streamed()
+    price = [f for f in figures(plot) if f.yaxis[0].axis_label == "Price"][0]
+    shown = df.iloc[150:200]  # window=50
+    lo, hi = shown["low"].min(), shown["high"].max()
+    assert price.y_range.start < lo < hi < price.y_range.end
+    assert price.y_range.end - price.y_range.start < (hi - lo) * 1.2
+    spike = df.iloc[200:201].assign(high=hi + 10)  # the live candle breaks out
+    pipe.send(spike)
+    assert price.y_range.end >= hi + 10
+
+
+def test_symbol_switch_by_clear_and_resend():
+    df, buffer, pipe, plot, events = streamed()
+    closed = sized(plot, 200)[0]
+    other = history(120, seed=7)
+    other = other.assign(**{c: other[c] + pd.Timedelta(days=3)
+                            for c in ("time", "left", "right")})
+    buffer.clear()
+    assert len(closed.data["time"]) == 0
+    buffer.send(other)
+    assert closed.data["close"].tolist() == other["close"].tolist()
+    xr = figures(plot)[0].x_range
+    assert xr.end == pytest.approx(charts._col_ms(other, "right")[-1] + 3 * 60_000)
+
+
 def test_zooming_does_not_freeze_the_data():
-    """HoloViews stops streaming after a pan/zoom until reset; the layout must not."""
-    df, buffer, pipe, plot, layout, events = streamed()
+    """A zoomed HoloViews streaming plot stops updating until reset; this one must not."""
+    df, buffer, pipe, plot, events = streamed()
     fig = figures(plot)[0]
     fig._trigger_event(RangesUpdate(fig, x0=0, x1=1, y0=0, y1=1))
-    assert buffer.following
     buffer.send(df.iloc[200:201])
-    assert all(len(s.data["time"]) == 201 for s in sources_by_size(plot.state)
-               if len(s.data["time"]) > 100)
+    assert len(sized(plot, 201)) == 1
+
+
+def test_closed_session_figures_are_not_kept_alive():
+    df = history(100)
+    buffer, pipe = charts.streams_for(df.iloc[:90])
+    plot, doc = render(charts.price_layout(buffer, pipe))
+    view = next(sub.__self__ for _, sub in pipe._subscribers
+                if isinstance(getattr(sub, "__self__", None), charts._View))
+    assert len(view._live()) == 1
+    del plot, doc
+    gc.collect()
+    assert view._live() == []
+    buffer.send(df.iloc[90:91])  # streams outliving their session still accept sends
+    pipe.send(df.iloc[91:92])
 
 
 def test_price_layout_rejects_mixed_inputs():

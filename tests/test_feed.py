@@ -1,0 +1,196 @@
+"""market/feed.py: connections per stream limit, REST gap repair, and the health summary."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from market.binance import custom_preset, kline_frame
+from market.exchange import LocalExchange
+from market.feed import Feed, FeedStatus
+from market.stream import Batch, FeedConfig
+from market.schema import KLINE_SCHEMA
+
+MINUTE = 60_000
+SYMS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+KEY = ["symbol", "interval", "open_time"]
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def feed_config(ex: LocalExchange, symbols=SYMS, *, max_streams: int | None = None, **overrides) -> FeedConfig:
+    preset = custom_preset(ex.ws_base, ex.rest_base)
+    if max_streams is not None:
+        preset = dataclasses.replace(preset, max_streams=max_streams)
+    kw = dict(watchdog=1.0, backoff_base=0.05, backoff_cap=0.5, flush_every=0.02, lookback=30,
+              first_event_wait=2.0)
+    kw.update(overrides)
+    return FeedConfig(preset=preset, symbols=tuple(symbols), **kw)
+
+
+async def wait_for(cond, timeout: float = 20.0, every: float = 0.01, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        await asyncio.sleep(every)
+
+
+class Store:
+    """The smallest consumer: every closed candle by key (newest wins), and the last one per symbol."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Batch] = asyncio.Queue()
+        self.rows: dict[tuple[str, int], pl.DataFrame] = {}
+        self.rest_batches: list[pl.DataFrame] = []
+        self.stream_finals = 0
+        self.override: dict[str, int] = {}  # pretend a symbol's history ends earlier
+
+    def last_closed(self, symbol: str) -> int | None:
+        if symbol in self.override:
+            return self.override[symbol]
+        times = [t for s, t in self.rows if s == symbol]
+        return max(times) if times else None
+
+    def _add(self, frame: pl.DataFrame) -> None:
+        ms = frame.with_columns(_ms=pl.col("open_time").dt.epoch("ms"))
+        for part in ms.partition_by("symbol", "_ms"):
+            self.rows[(part["symbol"][0], part["_ms"][0])] = part.drop("_ms")
+
+    async def run(self) -> None:
+        while True:
+            batch = await self.queue.get()
+            if batch.finals:
+                self.stream_finals += len(batch.finals)
+                self._add(kline_frame(batch.finals))
+            if batch.rest is not None:
+                self.rest_batches.append(batch.rest)
+                self._add(batch.rest)
+
+    def frame(self, symbol: str) -> pl.DataFrame:
+        parts = [f for (s, _), f in sorted(self.rows.items()) if s == symbol]
+        return pl.concat(parts) if parts else pl.DataFrame(schema=KLINE_SCHEMA)
+
+    def closed_through(self, ms: int) -> bool:
+        return all((self.last_closed(s) or 0) >= ms for s in SYMS)
+
+
+@contextlib.asynccontextmanager
+async def running(feed: Feed, store: Store):
+    tasks = [asyncio.create_task(feed.run()), asyncio.create_task(store.run())]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, 10)
+
+
+def check_complete(ex: LocalExchange, store: Store, symbol: str) -> pl.DataFrame:
+    got = store.frame(symbol)
+    ms = got["open_time"].dt.epoch("ms")
+    assert ms.diff().drop_nulls().unique().to_list() == [MINUTE], f"{symbol}: a hole or a repeat"
+    assert_frame_equal(got, ex.history(symbol, start_ms=ms[0], end_ms=ms[-1]))
+    return got
+
+
+async def test_streams_are_split_over_connections_at_the_preset_limit():
+    async with LocalExchange(symbols=SYMS, speed=60, history_minutes=100) as ex:
+        store = Store()
+        feed = Feed(feed_config(ex, max_streams=2, backfill=False), store.queue, last_closed=store.last_closed)
+        # kline + ticker of one symbol per connection: a symbol's streams stay together
+        assert [c.symbols for c in feed.connections] == [["BTCUSDT"], ["ETHUSDT"], ["SOLUSDT"]]
+        assert all(c.url.count("@") == 2 for c in feed.connections)
+        began = ex.now_ms()
+        async with running(feed, store):
+            await wait_for(lambda: store.closed_through(began - began % MINUTE + MINUTE), what="a final per symbol")
+            assert ex.stats.connections_open == 3
+            st = feed.status()
+            assert st.state == "live" and st.reconnects == 0 and st.messages == feed._messages() > 0
+            assert st.describe().startswith("live: ")
+        assert ex.stats.rest_requests == 0 and store.rest_batches == []
+        for sym in SYMS:
+            check_complete(ex, store, sym)
+
+
+async def test_backfill_on_start_and_after_an_outage_leaves_no_gap():
+    async with LocalExchange(symbols=SYMS, speed=60, history_minutes=100) as ex:
+        store = Store()
+        feed = Feed(feed_config(ex), store.queue, last_closed=store.last_closed)
+        began = ex.now_ms()
+        async with running(feed, store):
+            await wait_for(lambda: store.closed_through(began - began % MINUTE), what="the start backfill")
+            # lookback candles back from the server's clock, not from the wall clock
+            for sym in SYMS:
+                assert store.frame(sym).height >= 30
+            start_rows = feed.backfilled_rows
+            assert start_rows >= 3 * 30
+            ex.refuse(1.5)  # a minute and a half of sim time without a connection
+            ex.drop_connections()
+            await wait_for(lambda: feed.status().state in ("reconnecting", "offline") and feed.status().reason,
+                           what="the outage noticed")
+            down = feed.status()
+            assert down.describe().startswith(down.state)
+            await wait_for(lambda: ex.stats.refused >= 1)
+            now = ex.now_ms()
+            await wait_for(lambda: store.closed_through(now - now % MINUTE + 2 * MINUTE) and feed.status().state == "live",
+                           what="recovery")
+            assert feed.status().reconnects >= 2
+        # the candles that closed while we were away came over REST after the reconnect
+        assert feed.backfilled_rows - start_rows >= len(SYMS)
+        for sym in SYMS:
+            got = check_complete(ex, store, sym)
+            assert got.height >= 30 + 3
+
+
+async def test_repair_fetches_the_candles_a_symbol_lacks():
+    async with LocalExchange(symbols=SYMS, speed=60, history_minutes=100) as ex:
+        store = Store()
+        feed = Feed(feed_config(ex), store.queue, last_closed=store.last_closed)
+        async with running(feed, store):
+            await wait_for(lambda: len(store.rest_batches) >= 3, what="the start backfill")
+            last = store.last_closed("ETHUSDT")
+            store.override["ETHUSDT"] = last - 5 * MINUTE  # as if five finals never came
+            before = len(store.rest_batches)
+            feed.repair("ETHUSDT")
+            await wait_for(lambda: len(store.rest_batches) > before, what="the repair")
+            repair = store.rest_batches[before]
+        assert repair["symbol"].unique().to_list() == ["ETHUSDT"]
+        got = repair["open_time"].dt.epoch("ms").to_list()
+        assert got[:5] == [last - 4 * MINUTE + i * MINUTE for i in range(5)]
+        assert_frame_equal(repair, ex.history("ETHUSDT", start_ms=got[0], end_ms=got[-1]))
+
+
+async def test_a_failed_backfill_is_counted_and_the_stream_goes_on():
+    async with LocalExchange(symbols=SYMS, speed=60, history_minutes=100) as ex:
+        ex.rest_fail(3, 451)  # the REST side is region-blocked, the stream is not
+        store = Store()
+        feed = Feed(feed_config(ex), store.queue, last_closed=store.last_closed)
+        began = ex.now_ms()
+        async with running(feed, store):
+            await wait_for(lambda: feed.status().backfill_errors == 3, what="three failed backfills")
+            await wait_for(lambda: store.closed_through(began - began % MINUTE + MINUTE), what="stream finals")
+            assert feed.status().state == "live"
+        assert store.rest_batches == [] and feed.backfilled_rows == 0
+        for sym in SYMS:
+            assert store.frame(sym).height <= 3  # the stream's own finals only
+
+
+def test_status_in_plain_words():
+    base = dict(state="live", reason="", retry_in=None, messages=10, messages_per_s=1234.4, last_event_ms=1,
+                lag_ms=1500.0, reconnects=0, rejected={}, backfill="", backfill_errors=0)
+    assert FeedStatus(**base).describe() == "live: 1,234 msg/s, lag 1.5 s"
+    assert FeedStatus(**{**base, "lag_ms": None}).describe() == "live: 1,234 msg/s"
+    down = {**base, "state": "reconnecting", "reason": "connection lost (1006)", "retry_in": 2.6}
+    assert FeedStatus(**down).describe() == "reconnecting in 3 s: connection lost (1006)"
+    assert FeedStatus(**{**base, "state": "connecting"}).describe() == "connecting to the exchange"
+    busy = {**base, "backfill": "backfilling ETHUSDT (2/3)"}
+    assert FeedStatus(**busy).describe().endswith("; backfilling ETHUSDT (2/3)")
