@@ -2,12 +2,12 @@
 
 One conversion at the edge, :func:`chart_frame`, turns a polars candle frame into the
 pandas frame every plot reads, with everything precomputed (bar edges, body
-bottom/top, colours). The element builders then only pick columns: HoloViews takes
-its incremental ``Buffer`` path (Bokeh ``source.stream`` of the new rows, not a
-re-send of the whole history) only when the plotted element is built straight from
-the buffer's own frame, so nothing here may ``.assign`` or copy inside a callback.
+bottom/top, colours). The element builders then only pick columns, so they also
+work as DynamicMap callbacks on a ``Buffer``: HoloViews streams only the new rows
+when the element is built straight from the buffer's own frame (no ``.assign``).
 
-The same builders serve notebooks (plain frames) and the live app (streams)::
+:func:`price_layout` takes plain frames (notebooks) or a Buffer and a Pipe (the
+live app, where it draws the candles with plain Bokeh glyphs for speed)::
 
     closed, forming = streams_for(chart_frame(history, "1m"))
     pn.pane.HoloViews(price_layout(closed, forming))   # once per session
@@ -196,10 +196,10 @@ def streams_for(
     """A (Buffer, Pipe) pair for :func:`price_layout`.
 
     ``history`` is a :func:`chart_frame` of closed candles (its last ``length`` rows
-    are kept); the Pipe starts empty. Afterwards send chart frames: new closed rows
-    to the Buffer (one coalesced send per tick: several sends in one tick make
-    HoloViews re-send everything), the forming candle as a one-row frame to the Pipe
-    (an empty frame hides it).
+    are kept; None starts empty); the Pipe starts empty. Afterwards send chart
+    frames: new closed rows to the Buffer (rows not newer than the last one shown
+    are not drawn again), the forming candle as a one-row frame to the Pipe (an
+    empty frame hides it). One Buffer send per tick is cheapest.
     """
     data = empty_chart_frame() if history is None else history
     if list(data.columns) != list(CHART_COLUMNS):
@@ -230,8 +230,8 @@ def price_layout(
     Give plain chart frames (notebooks; ``forming`` optional) or the pair from
     :func:`streams_for` (the app). Returns a HoloViews Layout that Bokeh renders as
     one grid with one toolbar; width follows the container, ``height`` is the total.
-    The view opens on the last ``window`` candles (None: all of them, for frames)
-    and the reset tool returns to the live end.
+    The view opens on the last ``window`` candles (None: all of them) and the reset
+    tool returns to the live end; the price and volume axes fit the candles in view.
 
     With frames, the panels are the builders above. With streams, HoloViews draws
     only the frame of the chart (axes, bands, tools) and every candle is a plain
@@ -524,7 +524,7 @@ class _View:
         seen = _y_fit(bars, *seen_x, *spec)
         if seen is None:
             return
-        if scroll:
+        if scroll or yr.start is None or yr.end is None:
             yr.update(start=seen[0], end=seen[1])
         elif seen[0] < yr.start or seen[1] > yr.end:  # the live candle broke out
             yr.update(start=min(seen[0], yr.start), end=max(seen[1], yr.end))

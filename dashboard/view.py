@@ -14,7 +14,7 @@ import time
 import holoviews as hv
 import panel as pn
 import param
-import polars as pl  # noqa: F401  (type hints)
+import polars as pl
 
 from dashboard.charts import chart_frame, price_layout, streams_for
 from dashboard.config import TIMEFRAMES
@@ -48,7 +48,7 @@ class Dashboard(pn.viewable.Viewer):
         self._chart = pn.pane.HoloViews(sizing_mode="stretch_width", height=760, linked_axes=False)
         self._heatmap = Heatmap(symbols)
         self._heatmap.on_select(self._select)
-        self._table = signal_table(signal_table_frame(self.feed.snapshot(), order=symbols))
+        self._table = signal_table(signal_table_frame(_table_input(self.feed.snapshot()), order=symbols))
         self._table.on_click(self._table_click)
         self._snapshot_seen: object = None
         self._series: Series | None = None
@@ -154,6 +154,15 @@ class Dashboard(pn.viewable.Viewer):
             header_background="#1e2433",
         )
         return template
+
+
+def _table_input(snap: pl.DataFrame) -> pl.DataFrame:
+    """The snapshot with every column the table reads (before the first data it has only ``symbol``)."""
+    floats = ("last_price", "price_change_pct", "quote_volume", "rsi", "stoch_k", "stoch_d")
+    return snap.with_columns(
+        *(pl.lit(None, pl.Float64).alias(c) for c in floats if c not in snap.columns),
+        *([pl.lit(None, pl.String).alias("signal")] if "signal" not in snap.columns else []),
+    )
 
 
 _HELP = """

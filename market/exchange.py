@@ -69,7 +69,7 @@ class ExchangeConfig:
     replay: str | Path | None = None
     loop: bool = True  # replay: start over at the end
     history_minutes: int = 3 * 1440
-    start_time: int | None = None  # ms; default now floored to the minute
+    start_time: int | None = None  # ms; default now (floored to 250 ms)
     ticker_ms: int = 1000
     rest_forming: bool = True  # REST's last row may be the forming candle, like Binance
 
@@ -81,9 +81,10 @@ class ExchangeConfig:
         interval_ms(self.interval)
         if not self.speed >= 0 or self.seed < 0 or self.history_minutes < 0:
             raise ValueError("speed, seed and history_minutes must be >= 0")
-        if self.ticker_ms % STEP_MS:
+        if self.ticker_ms <= 0 or self.ticker_ms % STEP_MS:
             raise ValueError(f"ticker_ms must be a multiple of {STEP_MS}")
-        start = self.start_time if self.start_time is not None else int(time.time() * 1000) // MINUTE_MS * MINUTE_MS
+        # now, not the minute's start: at speed 1 the sim clock must match the wall clock
+        start = self.start_time if self.start_time is not None else int(time.time() * 1000)
         object.__setattr__(self, "start_time", start - start % STEP_MS)
 
     @property

@@ -156,7 +156,8 @@ class Connection:
     async def _session(self) -> None:
         self.status.state, self.status.reason = "connecting", ""
         async with websockets.connect(
-            self.url, open_timeout=self.config.open_timeout, max_size=2**22, compression=None
+            # close_timeout: a closing handshake behind a full receive queue waits it out
+            self.url, open_timeout=self.config.open_timeout, close_timeout=1.0, max_size=2**22, compression=None,
         ) as ws:
             self.status.state, self.status.retry_at = "connected", None
             self.status.connected_at = time.monotonic()

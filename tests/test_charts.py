@@ -61,8 +61,8 @@ def history(n: int, seed: int = 0) -> pd.DataFrame:
 
 def render(obj):
     """Plot ``obj`` with Bokeh inside a Document, as a server session would."""
-    plot = hv.renderer("bokeh").get_plot(obj)
     doc = Document()
+    plot = hv.renderer("bokeh").get_plot(obj, doc=doc)
     doc.add_root(plot.state)
     return plot, doc
 
@@ -319,6 +319,18 @@ def test_symbol_switch_by_clear_and_resend():
     assert xr.end == pytest.approx(charts._col_ms(other, "right")[-1] + 3 * 60_000)
 
 
+def test_live_layout_can_start_without_history():
+    df = history(30)
+    buffer, pipe = charts.streams_for()
+    plot, doc = render(charts.price_layout(buffer, pipe))
+    pipe.send(df.iloc[:1])  # a forming candle before any closed one
+    buffer.send(df.iloc[:20])
+    pipe.send(df.iloc[20:21])
+    assert len(sized(plot, 20)) == 1
+    xr = figures(plot)[0].x_range
+    assert xr.end == pytest.approx(charts._col_ms(df, "right")[20] + 3 * 60_000)
+
+
 def test_zooming_does_not_freeze_the_data():
     """A zoomed HoloViews streaming plot stops updating until reset; this one must not."""
     df, buffer, pipe, plot, events = streamed()
@@ -335,6 +347,7 @@ def test_closed_session_figures_are_not_kept_alive():
     view = next(sub.__self__ for _, sub in pipe._subscribers
                 if isinstance(getattr(sub, "__self__", None), charts._View))
     assert len(view._live()) == 1
+    plot.cleanup()  # what HoloViews does when the Bokeh server destroys the session
     del plot, doc
     gc.collect()
     assert view._live() == []
