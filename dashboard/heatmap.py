@@ -220,9 +220,8 @@ class Heatmap:
 
 # --- signal table -------------------------------------------------------------------
 
-#: Signal text colours; other signals (and none) are grey.
-SIGNAL_COLORS = {"buy": GREEN, "long": GREEN, "oversold": GREEN,
-                 "sell": RED, "short": RED, "overbought": RED}
+#: Signal text colours (market.indicators.SIGNALS): bullish green, bearish red; none grey.
+SIGNAL_COLORS = {"cross_up": GREEN, "oversold": GREEN, "cross_down": RED, "overbought": RED}
 
 TABLE_COLUMNS = ("symbol", "price", "change_pct", "quote_volume", "rsi", "stoch_k",
                  "stoch_d", "signal")
