@@ -42,9 +42,16 @@ class Series:
         self._closed = pl.DataFrame(schema={**KLINE_SCHEMA})
         self._pending_base = pl.DataFrame(schema={**KLINE_SCHEMA})  # minutes of the open bucket
         self._version = -1
+        self.revision = self.state.revisions.get(symbol, 0)
 
     # -- first paint ----------------------------------------------------------------
+    @property
+    def stale(self) -> bool:
+        """True when older candles changed under us (a backfill landed): call initial() again."""
+        return self.state.revisions.get(self.symbol, 0) != self.revision
+
     def initial(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        self.revision = self.state.revisions.get(self.symbol, 0)
         memory = self.state.candles(self.symbol)
         if not self.derived:
             self._closed = memory.tail(BUCKETS * 2)

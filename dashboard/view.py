@@ -91,7 +91,14 @@ class Dashboard(pn.viewable.Viewer):
     def _tick(self) -> None:
         self.ticks += 1
         self._status.object = self._status_html()
-        if self._series is not None:
+        if self._series is not None and self._series.stale:
+            # history changed behind the chart (backfill after a restart or reconnect):
+            # reload it into the same streams, so the user's zoom survives
+            closed, forming = self._series.initial()
+            self._buffer.clear()
+            self._buffer.send(chart_frame(closed, self.timeframe))
+            self._pipe.send(chart_frame(forming, self.timeframe))
+        elif self._series is not None:
             new, forming = self._series.poll()
             if new.height:
                 self._buffer.send(chart_frame(new, self.timeframe))

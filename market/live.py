@@ -46,6 +46,9 @@ class LiveState:
         self.tickers: dict[str, Ticker] = {}
         self._last_closed: dict[str, int] = {}
         self.version = 0  # bumps on every change, so readers can skip a redraw
+        # per symbol, bumps when rows at or before its newest candle change (a backfill
+        # landing behind streamed candles, a corrected final): readers must reload
+        self.revisions: dict[str, int] = {}
         self.closed_version = 0
         self.applied_at: float | None = None
 
@@ -85,6 +88,10 @@ class LiveState:
             return _no_changes()
         new = new.unique(KEY, keep="last", maintain_order=True)
         firsts = new.group_by("symbol").agg(pl.col("open_time").min().alias("_first"))
+        for sym, first_ms in firsts.select("symbol", pl.col("_first").dt.epoch("ms")).iter_rows():
+            prev = self._last_closed.get(sym)
+            if prev is not None and first_ms <= prev:
+                self.revisions[sym] = self.revisions.get(sym, 0) + 1
         merged = (
             pl.concat([self.closed.select(list(KLINE_SCHEMA)), new])
             .unique(KEY, keep="last", maintain_order=True)
