@@ -45,6 +45,8 @@ from market.schema import INTERVAL_MS, KLINE_SCHEMA, TIME, empty, interval_ms
 from market.synthetic import (DEFAULT_SYMBOLS, MINUTE_MS, STEP_MS, Candle, SyntheticMarket,
                               kline_data, rest_row, spec_for, ticker_data)
 
+ANCHOR_MS = 7 * 86_400_000
+
 log = logging.getLogger(__name__)
 
 REST_LIMITS = {"/fapi/v1/klines": 1500, "/api/v3/klines": 1000}
@@ -159,9 +161,13 @@ class LocalExchange:
         if cfg.replay is not None:
             self._load_replay(cfg.replay)
         else:
-            origin = cfg.start_time - cfg.history_minutes * MINUTE_MS
-            origin -= origin % MINUTE_MS
-            self.market = SyntheticMarket(tuple(spec_for(s) for s in cfg.symbols), cfg.seed, origin)
+            first = cfg.start_time - cfg.history_minutes * MINUTE_MS
+            first -= first % MINUTE_MS
+            # The path starts at a fixed weekly anchor, so an exchange restarted with
+            # the same seed serves the same prices for the same minutes (a demo
+            # restarted against its old database shows no jump).
+            origin = first - first % ANCHOR_MS
+            self.market = SyntheticMarket(tuple(spec_for(s) for s in cfg.symbols), cfg.seed, origin, first)
         self._sim = cfg.start_time
         self._t0: float | None = None
         self._server: Server | None = None
@@ -377,7 +383,7 @@ class LocalExchange:
             return rows[:limit] if start is not None else rows[-limit:]
         now = self.now_ms()
         if start is not None:
-            lo = max(start, self.market.origin_ms - self.market.origin_ms % ims)
+            lo = max(start, self.market.first_ms - self.market.first_ms % ims)
             lo += -lo % ims
             hi = lo + (limit - 1) * ims if end is None else min(end, lo + (limit - 1) * ims)
         else:

@@ -139,11 +139,14 @@ class SyntheticMarket:
     ``origin_ms`` (a minute boundary) is minute 0: nothing exists before it.
     """
 
-    def __init__(self, specs: tuple[SymbolSpec, ...], seed: int, origin_ms: int) -> None:
+    def __init__(self, specs: tuple[SymbolSpec, ...], seed: int, origin_ms: int,
+                 first_ms: int | None = None) -> None:
         if origin_ms % MINUTE_MS:
             raise ValueError("origin_ms must be a minute boundary")
         self.seed = int(seed)
         self.origin_ms = origin_ms
+        # the first candle served; the path itself starts earlier, at origin_ms
+        self.first_ms = max(origin_ms, first_ms if first_ms is not None else origin_ms)
         self.specs = {s.symbol: s for s in specs}
         self._paths = {s.symbol: _Path(s) for s in specs}
         self._market: list[tuple[np.ndarray, np.ndarray]] = []
@@ -312,7 +315,7 @@ class SyntheticMarket:
                 t_ms: int) -> list[Candle]:
         """Every candle opening in [first_open, last_open] that exists at t_ms, in
         order; the last one may still be forming."""
-        lo = max(first_open, self.origin_ms - (self.origin_ms % interval_ms))
+        lo = max(first_open, self.first_ms - (self.first_ms % interval_ms))
         lo += -lo % interval_ms
         hi = min(last_open, t_ms)
         out = []

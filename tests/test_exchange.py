@@ -467,7 +467,8 @@ async def test_same_seed_same_market_and_a_plausible_one() -> None:
     assert stats["ret_std"].is_between(0.0003, 0.006).all()
     assert stats["gaps"].sum() == 0 and stats["bad_open"].sum() == 0
     price = dict(zip(stats["symbol"], stats["first"]))
-    assert 60_000 < price["BTCUSDT"] < 100_000 and 2_000 < price["ETHUSDT"] < 4_000 and price["1000PEPEUSDT"] < 1
+    # the path starts up to a week before the first candle served, so allow its drift
+    assert 40_000 < price["BTCUSDT"] < 120_000 and 1_500 < price["ETHUSDT"] < 5_000 and price["1000PEPEUSDT"] < 1
     assert frames.filter(
         (pl.col("high") < pl.max_horizontal("open", "close")) | (pl.col("low") > pl.min_horizontal("open", "close"))
         | (pl.col("taker_buy_volume") > pl.col("volume")) | (pl.col("trades") < 1) | (pl.col("volume") <= 0)

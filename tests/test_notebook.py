@@ -74,18 +74,22 @@ def build_tickers(klines: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict:
-    db = tmp_path_factory.mktemp("nb") / "market.duckdb"
+def make_db(path: Path, *, with_indicators: bool = True) -> dict:
     klines = build_klines()
     indicators = add_signal(add_indicators(klines))
     tickers = build_tickers(klines)
-    writer = store.Writer(db)
+    writer = store.Writer(path)
     writer.add_klines(klines)
-    writer.add_indicators(indicators.select(list(INDICATOR_SCHEMA)))
+    if with_indicators:
+        writer.add_indicators(indicators.select(list(INDICATOR_SCHEMA)))
     writer.add_tickers(tickers)
-    assert writer.flush() == 2 * klines.height + tickers.height
-    return {"db": db, "klines": klines, "indicators": indicators, "tickers": tickers}
+    assert writer.flush() == klines.height * (2 if with_indicators else 1) + tickers.height
+    return {"db": path, "klines": klines, "indicators": indicators, "tickers": tickers}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    return make_db(tmp_path_factory.mktemp("nb") / "market.duckdb")
 
 
 @pytest.fixture
@@ -235,3 +239,23 @@ def test_notebook_stops_with_a_clear_message_without_data(kind, tmp_path, kernel
     assert f"No 1m candles in {db} yet" in said and "make demo" in said and "store.ingest" in said
     assert "Traceback" not in said
     assert all(c.execution_count is None for c in code[2:])  # stopped there
+
+
+def test_notebook_computes_indicators_the_file_lacks(tmp_path, kernel_env, monkeypatch):
+    """A file with candles but no stored indicators (an older writer): same numbers."""
+    data = make_db(tmp_path / "market.duckdb", with_indicators=False)
+    monkeypatch.setenv("MARKET_DB", str(data["db"]))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(PROBE))
+    execute(nb)
+    out = json.loads(text([c for c in nb.cells if c.cell_type == "code"][-1]))
+
+    assert out["counts"]["indicators"] == 0 and out["source"] == "computed"
+    # WARMUP candles before the window: the window equals the full-history values
+    full = data["indicators"].filter(pl.col("symbol") == out["symbol"]).tail(150)
+    shown = out["frame"][-150:]
+    assert [r["rsi"] for r in shown] == pytest.approx(full["rsi"].to_list(), abs=1e-9)
+    assert [r["signal"] for r in shown] == full["signal"].to_list()
+    latest = data["indicators"].group_by("symbol").last().sort("symbol")
+    assert [r["signal"] for r in out["signals"]] == latest["signal"].to_list()
+    assert [r["rsi"] for r in out["signals"]] == pytest.approx(latest["rsi"].to_list(), abs=1e-9)
