@@ -512,3 +512,13 @@ async def test_cli_serves_until_sigterm_and_exits_0() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_restarted_exchange_serves_the_same_minutes() -> None:
+    """The demo restarts against its old database: old minutes must not change price."""
+    async with LocalExchange(symbols=("BTCUSDT",), speed=0, start_time=START, history_minutes=300) as a, \
+            LocalExchange(symbols=("BTCUSDT",), speed=0, start_time=START + 90 * MIN, history_minutes=300) as b:
+        first, later = a.history("BTCUSDT"), b.history("BTCUSDT")
+    both = first.join(later, on="open_time", suffix="_b")
+    assert both.height == 210
+    assert (both["close"] == both["close_b"]).all() and (both["volume"] == both["volume_b"]).all()
