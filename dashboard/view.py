@@ -44,7 +44,7 @@ class Dashboard(pn.viewable.Viewer):
         self.ticks = 0
         self._status = pn.pane.HTML("starting…", sizing_mode="stretch_width", css_classes=["feed-status"],
                                     styles={"color": "white", "font-size": "14px"})
-        self._progress = pn.pane.HTML("", sizing_mode="stretch_width")
+        self._progress = pn.pane.Alert("", alert_type="info", sizing_mode="stretch_width", visible=False)
         self._chart = pn.pane.HoloViews(sizing_mode="stretch_width", height=760, linked_axes=False)
         self._heatmap = Heatmap(symbols)
         self._heatmap.on_select(self._select)
@@ -105,6 +105,19 @@ class Dashboard(pn.viewable.Viewer):
             if forming is not None:
                 self._pipe.send(chart_frame(forming, self.timeframe))
         self._refresh_heatmap()
+        self._show_progress()
+
+    def _show_progress(self) -> None:
+        """While the chart has no candles yet, say what is being fetched instead of a blank chart."""
+        empty = self._series is None or len(self._buffer.data) == 0
+        if not empty:
+            if self._progress.visible:
+                self._progress.visible = False
+            return
+        st = self.feed.status().feed
+        doing = st.backfill or ("waiting for the first candles" if st.state == "live" else st.describe())
+        self._progress.object = f"<b>Loading {self.symbol} {self.timeframe}:</b> {doing}"
+        self._progress.visible = True
 
     def _refresh_heatmap(self, force: bool = False) -> None:
         snap = self.feed.snapshot()
@@ -128,8 +141,7 @@ class Dashboard(pn.viewable.Viewer):
         if st.feed.last_event_ms:
             last = time.strftime("%H:%M:%S", time.gmtime(st.feed.last_event_ms / 1000))
             words += f" · last update {last} UTC"
-        if st.store.pending_rows:
-            words += f" · {st.store.pending_rows:,} rows waiting for the database"
+
         words += f" · {self.feed.sessions} session{'s' if self.feed.sessions != 1 else ''}"
         return f'<span style="color:{colour}">●</span> {words}'
 
@@ -149,7 +161,7 @@ class Dashboard(pn.viewable.Viewer):
             sidebar=[widgets, pn.pane.Markdown(_HELP)],
             header=[self._status],
             main=[
-                pn.Column(self._chart, sizing_mode="stretch_width"),
+                pn.Column(self._progress, self._chart, sizing_mode="stretch_width"),
                 pn.Row(
                     pn.Column("### Heatmap", pn.pane.Bokeh(self._heatmap.figure, sizing_mode="stretch_width"),
                               sizing_mode="stretch_width"),

@@ -74,7 +74,8 @@ class Feed:
         self.connections = []
         for i, url in enumerate(stream_urls(config.preset.ws_base, streams, per_conn)):
             chunk = streams[i * per_conn:(i + 1) * per_conn]
-            symbols = sorted({s.split("@")[0].upper() for s in chunk})
+            # keep the configured order: the first symbols (the one on screen) backfill first
+            symbols = list(dict.fromkeys(s.split("@")[0].upper() for s in chunk))
             hook = self._on_connected if config.backfill else None
             self.connections.append(Connection(url, symbols, config, self.parser, queue, hook))
         self._requests: asyncio.Queue[tuple[list[str], int | None]] = asyncio.Queue()
