@@ -78,7 +78,10 @@ class Feed:
             symbols = list(dict.fromkeys(s.split("@")[0].upper() for s in chunk))
             hook = self._on_connected if config.backfill else None
             self.connections.append(Connection(url, symbols, config, self.parser, queue, hook))
-        self._requests: asyncio.Queue[tuple[list[str], int | None]] = asyncio.Queue()
+        # (symbols, server now or None, last closed per symbol as of the request or None)
+        self._requests: asyncio.Queue[
+            tuple[list[str], int | None, dict[str, int | None] | None]
+        ] = asyncio.Queue()
         self._backfill = ""
         self._backfill_errors = 0
         self._rate = 0.0
@@ -98,18 +101,21 @@ class Feed:
     def repair(self, symbol: str) -> None:
         """Fetch ``symbol``'s missing closed candles over REST (a final never came)."""
         if self.config.backfill:
-            self._requests.put_nowait(([symbol], None))
+            self._requests.put_nowait(([symbol], None, None))
 
     def _on_connected(self, symbols: list[str], server_now_ms: int) -> None:
-        self._requests.put_nowait((symbols, server_now_ms))
+        # Where each symbol's history ends *now*, before the new session's finals land.
+        # Reading it later, when the worker reaches the symbol, would start after a final
+        # the new session already delivered and leave the outage's candles out for good.
+        self._requests.put_nowait((symbols, server_now_ms, {s: self.last_closed(s) for s in symbols}))
 
     async def _backfills(self) -> None:
         step = interval_ms(self.config.interval)
         while True:
-            symbols, now_ms = await self._requests.get()
+            symbols, now_ms, known = await self._requests.get()
             now_ms = now_ms or self._server_now()
             for i, symbol in enumerate(symbols, 1):
-                last = self.last_closed(symbol)
+                last = known[symbol] if known is not None else self.last_closed(symbol)
                 start = last + step if last is not None else (now_ms // step - self.config.lookback) * step
                 self._backfill = f"backfilling {symbol} ({i}/{len(symbols)})"
                 try:
@@ -117,7 +123,8 @@ class Feed:
                 except RestError as exc:
                     self._backfill_errors += 1
                     log.warning("backfill of %s failed, retrying in 30 s: %s", symbol, exc)
-                    asyncio.get_running_loop().call_later(30, self._requests.put_nowait, ([symbol], None))
+                    retry = ([symbol], None, {symbol: last})  # the same range, up to the clock then
+                    asyncio.get_running_loop().call_later(30, self._requests.put_nowait, retry)
                     continue
                 if frame.height:
                     self.backfilled_rows += frame.height

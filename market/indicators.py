@@ -63,6 +63,9 @@ WARMUP = 500
 #: points, not billionths of one.
 FLAT_RSI_RANGE = 1e-9
 
+#: K and D closer than this (StochRSI points) count as equal when looking for a cross.
+CROSS_TOLERANCE = 1e-9
+
 SIGNALS = ("cross_up", "cross_down", "oversold", "overbought")
 
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
@@ -236,6 +239,9 @@ def signal_expr(
        while K < mid, where mid = (stoch_low + stoch_high) / 2 (50 by default);
     2. ``"cross_down"``: K crosses below D (previous K >= previous D and K < D)
        while K > mid;
+
+    (K and D within ``CROSS_TOLERANCE`` of each other count as equal, so a cross
+    never hinges on floating-point noise.)
     3. ``"oversold"``: rsi < rsi_low;
     4. ``"overbought"``: rsi > rsi_high;
     5. otherwise null (also when the values it needs are null: no cross on the
@@ -250,8 +256,11 @@ def signal_expr(
     mid = (stoch_low + stoch_high) / 2.0
     k, d, rsi = pl.col("stoch_k"), pl.col("stoch_d"), pl.col("rsi")
     prev_k, prev_d = k.shift(1), d.shift(1)
-    crossed_up = ((prev_k <= prev_d) & (k > d)).over(by)
-    crossed_down = ((prev_k >= prev_d) & (k < d)).over(by)
+    # A tie must be a tie whatever the rounding: when StochRSI is pinned at 0 or 100,
+    # K and D are equal up to ~1e-14, and a tail recompute could flip the sign.
+    eps = CROSS_TOLERANCE
+    crossed_up = ((prev_k - prev_d <= eps) & (k - d > eps)).over(by)
+    crossed_down = ((prev_d - prev_k <= eps) & (d - k > eps)).over(by)
     return (
         pl.when(crossed_up & (k < mid))
         .then(pl.lit("cross_up"))

@@ -172,14 +172,18 @@ class Connection:
                     for task in helpers:
                         task.cancel()
                     self._hand_off()
+                    if asyncio.current_task().cancelling():
+                        # A stop: skip the closing handshake. Once nobody reads, the receive
+                        # buffer fills, websockets stops reading and waits close_timeout
+                        # (10 s) for a close frame it cannot see (websockets issue #1555).
+                        ws.transport.abort()
 
     async def _after_connect(self) -> None:
-        try:
-            await asyncio.wait_for(self._first_event.wait(), self.config.first_event_wait)
-            now_ms = self.status.last_event_ms or int(time.time() * 1000)
-        except TimeoutError:
-            now_ms = int(time.time() * 1000)
-        self.on_connected(self.symbols, now_ms)
+        """No kline within ``first_event_wait``: announce the session with the local clock."""
+        await asyncio.sleep(self.config.first_event_wait)
+        if not self._first_event.is_set():
+            self._first_event.set()
+            self.on_connected(self.symbols, int(time.time() * 1000))
 
     async def _read(self, ws: websockets.ClientConnection) -> None:
         parse = self.parser.parse
@@ -201,6 +205,11 @@ class Connection:
                 status.last_event_ms = rec.event_time
                 if not first.is_set():
                     first.set()
+                    if self.on_connected is not None:
+                        # Synchronously, before any kline of this session is handed off: the
+                        # feed's snapshot of what is stored must not include this session's
+                        # finals, or the backfill would start after them and skip the outage.
+                        self.on_connected(self.symbols, rec.event_time)
             elif cls is Ticker:
                 batch.tickers[rec.symbol] = rec
                 status.last_event_ms = rec.event_time

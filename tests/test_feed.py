@@ -151,6 +151,27 @@ async def test_backfill_on_start_and_after_an_outage_leaves_no_gap():
             assert got.height >= 30 + 3
 
 
+async def test_a_slow_backfill_still_covers_symbols_whose_finals_arrive_first():
+    async with LocalExchange(symbols=SYMS, speed=60, history_minutes=100) as ex:
+        # the first REST answer is "wait 1.5 s": a minute and a half of sim time, in which the
+        # stream delivers finals for every symbol before their backfill even starts
+        ex.rest_fail(1, 429, 1.5)
+        store = Store()
+        feed = Feed(feed_config(ex), store.queue, last_closed=store.last_closed)
+        began = ex.now_ms()
+        async with running(feed, store):
+            await wait_for(lambda: len(store.rest_batches) == 3, what="a backfill per symbol")
+            await wait_for(lambda: store.closed_through(began - began % MINUTE + 2 * MINUTE), what="stream finals")
+        assert feed.rest.rate_limited == 1
+        assert store.stream_finals >= 2 * len(SYMS)
+        for sym, batch in zip(SYMS, store.rest_batches):
+            assert batch["symbol"].unique().to_list() == [sym]
+            # each backfill starts `lookback` candles back, not after the finals already streamed
+            assert batch.height >= 30
+            got = check_complete(ex, store, sym)
+            assert got.height >= 30 + 2
+
+
 async def test_repair_fetches_the_candles_a_symbol_lacks():
     async with LocalExchange(symbols=SYMS, speed=60, history_minutes=100) as ex:
         store = Store()

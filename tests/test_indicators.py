@@ -292,6 +292,13 @@ def test_signal_per_interval_and_thresholds() -> None:
     assert tiny.with_columns(signal_expr(by=["symbol"]))["signal"].to_list() == [None, "cross_up"]
 
 
+def test_rounding_noise_is_not_a_cross() -> None:
+    # StochRSI pinned at 0: K and D equal up to 1e-14 either way, then K really rises.
+    rows = [("A", 0, 25.0, 0.0, 1e-14), ("A", 1, 25.0, 1e-14, 0.0), ("A", 2, 25.0, 0.0, 2e-14),
+            ("A", 3, 25.0, 10.0, 3.0)]
+    assert add_signal(signal_frame(rows))["signal"].to_list() == ["oversold", "oversold", "oversold", "cross_up"]
+
+
 def test_signal_needs_indicators() -> None:
     with pytest.raises(ValueError, match="rsi"):
         add_signal(frame({"X": walk(5, 1)}))

@@ -253,6 +253,25 @@ async def test_full_queue_makes_the_reader_coalesce_instead_of_blocking():
             check_finals_match_exchange(ex, finals, sym)
 
 
+@pytest.mark.parametrize("fault", ["flood", "stall"])
+async def test_stop_is_prompt_while_the_exchange_floods_or_stalls(fault):
+    # speed 0: the exchange sends as fast as we read; a stall: it reads nothing, not even a close
+    async with LocalExchange(symbols=SYMS, speed=0 if fault == "flood" else 60, history_minutes=30) as ex:
+        conn = connection(ex, watchdog=30.0)
+        task = asyncio.create_task(conn.run())
+        await wait_for(lambda: conn.status.messages > 200)
+        if fault == "stall":
+            ex.stall(30)
+            await asyncio.sleep(0.2)
+        began = time.monotonic()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 15)
+        assert time.monotonic() - began < 0.5  # no closing handshake to wait out
+        assert conn.status.state == "offline" and conn.status.reason == "stopped"
+        ex.reset_faults()
+
+
 # --------------------------------------------------------------------------- faults
 
 
