@@ -186,7 +186,9 @@ async def seed_upserts(url: str, n: int, db: Path) -> Result:
     con.execute(SEED_TABLE)
     loads = orjson.loads
     try:
-        async with websockets.connect(url, max_size=2**22, compression=None) as ws:
+        # no keepalive: at ~100 msg/s the exchange's pong sits behind megabytes of unread
+        # frames in the socket buffers and the 20 s ping timeout would end the run
+        async with websockets.connect(url, max_size=2**22, compression=None, ping_interval=None) as ws:
             await ws.recv()
             cpu0, t0 = cpu_seconds(), time.perf_counter()
             i = 0
@@ -212,6 +214,10 @@ async def seed_upserts(url: str, n: int, db: Path) -> Result:
 # --------------------------------------------------------------------------- report
 
 
+def progress(r: Result) -> None:
+    print(f"{r.name}: {r.messages:,} messages in {r.seconds:.1f} s = {r.rate:,.0f} msg/s", file=sys.stderr, flush=True)
+
+
 def mb(b: int) -> str:
     return f"{b / 2**20:,.0f} MB"
 
@@ -226,11 +232,14 @@ async def run(args: argparse.Namespace) -> None:
         # the candles another one made the exchange generate
         async with exchange(args.exchange, args.symbols) as (ws, _):
             results.append(await raw_read(kline_url(ws, symbols), args.raw))
+            progress(results[-1])
         async with exchange(args.exchange, args.symbols) as (ws, rest):
             res, info = await pipeline(ws, rest, symbols, args.messages, tmp_path / "pipeline.duckdb", rss)
             results.append(res)
+            progress(results[-1])
         async with exchange(args.exchange, args.symbols) as (ws, _):
             results.append(await seed_upserts(kline_url(ws, symbols), args.seed_messages, tmp_path / "seed.duckdb"))
+            progress(results[-1])
 
     raw = results[0].rate
     load = os.getloadavg()

@@ -155,7 +155,7 @@ class Pipeline:
                     self.feed.repair(symbol)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[IngestConfig, float | None]:
+def parse_args(argv: list[str] | None = None) -> tuple[IngestConfig, float | None, float]:
     p = argparse.ArgumentParser(prog="python -m store.ingest", description="Ingest Binance klines into DuckDB (no UI).")
     p.add_argument("--db", type=Path, help="database file (default: $MARKET_DB or store/market.duckdb)")
     p.add_argument("--symbols", help="comma-separated, e.g. BTCUSDT,ETHUSDT (default: 50 liquid USD-M perps)")

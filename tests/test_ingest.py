@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import polars as pl
 import pytest
@@ -336,8 +337,7 @@ class Lines:
 
 
 def exchange_history(exchange: dict, symbol: str, first_ms: int, last_ms: int) -> list[list]:
-    import httpx
-
+    """The exchange's closed candles as REST rows, from its control endpoint."""
     resp = httpx.post(f"{exchange['rest']}/_control/history",
                       params={"symbol": symbol, "start_ms": first_ms, "end_ms": last_ms})
     resp.raise_for_status()
