@@ -250,6 +250,10 @@ async def run(args: argparse.Namespace) -> None:
     for r in results:
         print(f"| {r.name} | {r.messages:,} | {r.seconds:.1f} | {r.rate:,.0f} | {r.rate / raw:.2f} | "
               f"{r.rate / BINANCE_RATE:,.0f}x | {100 * r.busy:.0f} % |")
+    for r in results[:2]:
+        if r.busy < 0.9:
+            print(f"\nnote: {r.name.split(':')[0]} used {100 * r.busy:.0f} % of a core: it waited on the exchange "
+                  f"(or on other load); CPU-bound it would manage ~{r.rate / r.busy:,.0f} msg/s")
     print(f"\npipeline run: {info['batches']:,} batches applied, largest coalesced batch "
           f"{info['max_coalesced']:,} messages, queue never above {info['max_queue']}, "
           f"{info['flushes']} flushes, {info['finals_stored']:,} closed candles stored, "

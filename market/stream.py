@@ -174,8 +174,8 @@ class Connection:
                     self._hand_off()
                     if asyncio.current_task().cancelling():
                         # A stop: skip the closing handshake. Once nobody reads, the receive
-                        # buffer fills, websockets stops reading and waits close_timeout
-                        # (10 s) for a close frame it cannot see (websockets issue #1555).
+                        # buffer fills, websockets stops reading and waits out close_timeout
+                        # for a close frame it cannot see (websockets issue #1555).
                         ws.transport.abort()
 
     async def _after_connect(self) -> None:

@@ -115,51 +115,53 @@ class Console:
 
     def attach(self, page) -> None:
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}\n{exc.stack or ''}"))
-        page.on("console", lambda msg: self.errors.append(f"console.error: {msg.text}")
-                if msg.type == "error" else None)
+        page.on("console", lambda msg: self.errors.append(
+            f"console.error: {msg.text} ({msg.location.get('url', '')}:{msg.location.get('lineNumber', '')})")
+            if msg.type == "error" else None)
+        page.on("requestfailed", lambda req: self.errors.append(
+            f"request failed: {req.url} ({req.failure})") if not req.url.startswith("http://127.0.0.1") else None)
 
 
-# Everything a test asserts about the page, read from the Bokeh models in one call.
-# Chart sources are the ones with the chart_frame columns: the largest is the closed
-# candles, the newest row over all of them is the forming candle.
+# Everything a test asserts about the page, read in one call from the Bokeh models
+# that have a view, i.e. what is drawn now (a replaced chart's models may linger in
+# the document). Chart sources are the ones with the chart_frame columns: the largest
+# is the closed candles, the newest row over all of them the forming candle.
 PAGE_STATE_JS = r"""
 () => {
-  const doc = window.Bokeh && Bokeh.documents && Bokeh.documents[0];
-  if (!doc) return null;
+  if (!(window.Bokeh && Bokeh.index && Bokeh.documents && Bokeh.documents.length)) return null;
+  function* walk(v) { yield v; for (const c of v.children()) yield* walk(c) }
+  const models = new Set();
+  for (const root of Bokeh.index.roots) for (const v of walk(root)) models.add(v.model);
   const CHART = ["time", "open", "high", "low", "close", "left", "right", "body_bottom", "body_top", "zero"];
   const isChart = (s) => s && s.type === "ColumnDataSource" && CHART.every((c) => c in s.data);
   const finite = (a) => { let n = 0; for (const v of (a || [])) if (v != null && Number.isFinite(v)) n++; return n };
   const out = {closed_rows: 0, last_time: null, last_close: null, spacing_ms: null, first_time: null,
                panels: {}, heatmap: null, table: null, status: null, symbol: null, timeframe: null,
                color_by: null};
-  let closed = null;
-  for (const m of doc.all_models) {
-    if (isChart(m)) {
-      const t = m.data.time, n = t.length;
-      if (!closed || n > closed.data.time.length) closed = m;
-      for (let i = 0; i < n; i++) {
-        if (out.last_time === null || t[i] >= out.last_time) { out.last_time = t[i]; out.last_close = m.data.close[i] }
-      }
-    } else if (m.type === "Figure") {
+  const charts = new Set();
+  for (const m of models) {
+    if (m.type === "Figure") {
       const labels = [...m.left, ...m.right].map((a) => a.axis_label).filter((l) => l);
       const col = {Price: "close", Volume: "volume", RSI: "rsi", StochRSI: "stoch_k"}[labels[0]];
-      if (col) {
-        let rows = 0, values = 0;
-        for (const r of m.renderers) {
-          const s = r.data_source;
-          if (isChart(s)) { rows = Math.max(rows, s.data.time.length); values = Math.max(values, finite(s.data[col])) }
+      let rows = 0, values = 0;
+      for (const r of m.renderers) {
+        const s = r.data_source;
+        if (isChart(s)) {
+          charts.add(s);
+          rows = Math.max(rows, s.data.time.length);
+          values = Math.max(values, finite(s.data[col]));
+        } else if (s && "label" in s.data && "name_y" in s.data) {
+          const labels = Array.from(s.data.label);
+          out.heatmap = {tiles: labels.length, with_values: labels.filter((l) => l !== "\u2014").length,
+                         labels, symbols: Array.from(s.data.symbol), colors: Array.from(s.data.color),
+                         selected: Array.from(s.selected.indices)};
         }
-        out.panels[labels[0]] = {rows, values};
       }
-    } else if (m.type === "ColumnDataSource" && "label" in m.data && "name_y" in m.data) {
-      const labels = Array.from(m.data.label);
-      out.heatmap = {tiles: labels.length, with_values: labels.filter((l) => l !== "\u2014").length,
-                     labels, symbols: Array.from(m.data.symbol), colors: Array.from(m.data.color),
-                     selected: Array.from(m.selected.indices)};
+      if (col) out.panels[labels[0]] = {rows, values};
     } else if (m.type && m.type.endsWith("DataTabulator")) {
       const d = m.source.data;
       out.table = {rows: d.symbol.length, priced: finite(d.price), with_rsi: finite(d.rsi),
-                   symbols: Array.from(d.symbol)};
+                   symbols: Array.from(d.symbol), prices: Array.from(d.price)};
     } else if (m.type === "panel.models.markup.HTML" && (m.css_classes || []).includes("feed-status")) {
       out.status = m.text;
     } else if (m.type === "AutocompleteInput") {
@@ -167,6 +169,14 @@ PAGE_STATE_JS = r"""
     } else if (m.type && m.type.endsWith("RadioButtonGroup")) {
       if (m.labels.includes("5m")) out.timeframe = m.labels[m.active];
       else out.color_by = m.labels[m.active];
+    }
+  }
+  let closed = null;
+  for (const s of charts) {
+    const t = s.data.time, n = t.length;
+    if (!closed || n > closed.data.time.length) closed = s;
+    for (let i = 0; i < n; i++) {
+      if (out.last_time === null || t[i] >= out.last_time) { out.last_time = t[i]; out.last_close = s.data.close[i] }
     }
   }
   if (closed) {
@@ -236,6 +246,19 @@ def complete(state: dict | None) -> bool:
     return (all(panels.get(p, {}).get("values", 0) > 0 for p in ("Price", "Volume", "RSI", "StochRSI"))
             and state["heatmap"] is not None and state["heatmap"]["with_values"] == state["heatmap"]["tiles"]
             and state["table"] is not None and state["table"]["priced"] == state["table"]["rows"] > 0)
+
+
+def table_price(state: dict, symbol: str) -> float:
+    """The last price the signal table shows for ``symbol``."""
+    return state["table"]["prices"][state["table"]["symbols"].index(symbol)]
+
+
+def sessions_shown(state: dict) -> int | None:
+    """The session count in the status header ("3 sessions")."""
+    import re
+
+    m = re.search(r"(\d+) sessions?\b", state.get("status") or "")
+    return int(m.group(1)) if m else None
 
 
 def click_tile(page, symbol: str) -> None:
