@@ -98,10 +98,12 @@ class Feed:
         finally:
             await self.rest.aclose()
 
-    def repair(self, symbol: str) -> None:
-        """Fetch ``symbol``'s missing closed candles over REST (a final never came)."""
+    def repair(self, symbol: str, after_ms: int | None = None) -> None:
+        """Fetch ``symbol``'s closed candles over REST from the one after ``after_ms``
+        (an open_time; default: the last one known), for a final that never came."""
         if self.config.backfill:
-            self._requests.put_nowait(([symbol], None, None))
+            known = None if after_ms is None else {symbol: after_ms}
+            self._requests.put_nowait(([symbol], None, known))
 
     def _on_connected(self, symbols: list[str], server_now_ms: int) -> None:
         # Where each symbol's history ends *now*, before the new session's finals land.

@@ -49,6 +49,8 @@ class LiveState:
         # per symbol, bumps when rows at or before its newest candle change (a backfill
         # landing behind streamed candles, a corrected final): readers must reload
         self.revisions: dict[str, int] = {}
+        self._inner_holes: list[tuple[str, int]] = []
+        self._holes_version = -1
         self.closed_version = 0
         self.applied_at: float | None = None
 
@@ -155,14 +157,30 @@ class LiveState:
     def tickers_frame(self) -> pl.DataFrame:
         return ticker_frame(list(self.tickers.values()))
 
-    def missing_finals(self, now_ms: int, grace_ms: int = 5_000) -> list[str]:
-        """Symbols whose stream moved past a candle that never got its final message."""
-        late = []
+    def holes(self, now_ms: int, grace_ms: int = 5_000) -> list[tuple[str, int]]:
+        """Where closed candles are missing: ``(symbol, open_time ms of the candle before)``.
+
+        Two kinds: the stream moved on to a later forming candle while a final never
+        came (after ``grace_ms``, since finals can be seconds late), and gaps inside
+        the recent history (a final lost while the next one arrived, or a hole left
+        by an earlier run). The pipeline asks REST for each.
+        """
+        found: list[tuple[str, int]] = []
         for sym, k in self.forming.items():
             last = self._last_closed.get(sym)
             if last is not None and k.open_time - last > self.step_ms and now_ms - k.open_time > grace_ms:
-                late.append(sym)
-        return late
+                found.append((sym, last))
+        if self._holes_version != self.closed_version:
+            t = pl.col("open_time").dt.epoch("ms")
+            self._inner_holes = [
+                (sym, before) for sym, before in self.closed.lazy()
+                .select("symbol", t.alias("before"), (t.shift(-1).over("symbol") - t).alias("step"))
+                .filter(pl.col("step") > self.step_ms)
+                .select("symbol", "before")
+                .collect().iter_rows()
+            ]
+            self._holes_version = self.closed_version
+        return found + [h for h in self._inner_holes if h not in found]
 
     def snapshot(self) -> pl.DataFrame:
         """One row per symbol: last price, 24h stats, live RSI/StochRSI (forming candle included)."""

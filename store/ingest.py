@@ -137,22 +137,28 @@ class Pipeline:
             self.writer.add_tickers(self.state.tickers_frame())
 
     async def _housekeeping(self) -> None:
-        """Every flush interval: tickers to the store, a flush, missing finals repaired."""
+        """Every flush interval: tickers to the store, a flush, holes repaired over REST."""
         ticker_version = -1
-        asked: dict[str, float] = {}
+        asked: dict[tuple[str, int], tuple[int, float]] = {}  # hole -> (tries, last try)
         every = self.config.flush_every
         while True:
             await asyncio.sleep(every)
             if self.state.version != ticker_version and self.state.tickers:
                 ticker_version = self.state.version
                 self.writer.add_tickers(self.state.tickers_frame())
-            await asyncio.to_thread(self.writer.flush)
+            try:
+                await asyncio.to_thread(self.writer.flush)
+            except StoreError as exc:  # rows stay queued; the status shows the error
+                log.error("cannot write to the database, will retry: %s", exc)
             now_ms = self.feed.status().last_event_ms or int(time.time() * 1000)
-            for symbol in self.state.missing_finals(now_ms):
-                if time.monotonic() - asked.get(symbol, 0.0) > 30:
-                    asked[symbol] = time.monotonic()
-                    log.info("no final candle for %s yet: fetching it over REST", symbol)
-                    self.feed.repair(symbol)
+            for symbol, after in self.state.holes(now_ms):
+                tries, at = asked.get((symbol, after), (0, 0.0))
+                # twice at most: minutes without trades are missing on the exchange too
+                if tries < 2 and time.monotonic() - at > 30:
+                    asked[(symbol, after)] = (tries + 1, time.monotonic())
+                    log.info("candles missing for %s after %s: fetching them over REST", symbol,
+                             time.strftime("%Y-%m-%d %H:%M", time.gmtime(after / 1000)))
+                    self.feed.repair(symbol, after)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[IngestConfig, float | None, float]:

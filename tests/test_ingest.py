@@ -299,6 +299,27 @@ async def test_restart_continues_from_the_stored_history(tmp_path):
         check_indicators(db, syms)
 
 
+async def test_a_hole_left_in_the_store_by_an_earlier_run_is_repaired(tmp_path):
+    syms = ("BTCUSDT", "ETHUSDT")
+    db = tmp_path / "m.duckdb"
+    async with LocalExchange(symbols=syms, speed=60, history_minutes=300) as ex:
+        now = ex.now_ms()
+        start = now - now % MINUTE - 100 * MINUTE
+        old = pl.concat([ex.history(s, start_ms=start, end_ms=now - 2 * MINUTE) for s in syms])
+        # an earlier --no-backfill run lost BTCUSDT's candles 40-42
+        lost = (pl.col("symbol") == "BTCUSDT") & pl.col("open_time").dt.epoch("ms").is_between(
+            start + 40 * MINUTE, start + 42 * MINUTE)
+        w = store.Writer(db)
+        w.add_klines(old.filter(~lost))
+        w.flush()
+        assert history.gaps(db=db)["missing"].to_list() == [3]
+        p = make_pipeline(ex, db, syms)
+        async with running(p):
+            await wait_for(lambda: not p.state.holes(ex.now_ms()) and p.writer.status().pending_rows == 0
+                           and p.writer.status().written_rows > 0, what="the hole repaired")
+        check_exactly_once(ex, db, syms)
+
+
 # --------------------------------------------------------------------------- command line
 
 

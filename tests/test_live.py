@@ -170,19 +170,23 @@ def test_keep_trims_the_oldest_candles_per_symbol():
         talib_check(state, sym, hist.filter(pl.col("symbol") == sym)["close"].to_numpy())
 
 
-def test_missing_finals_detects_a_skipped_final():
+def test_holes_find_a_skipped_final_and_gaps_inside_history():
     state = LiveState(["BTCUSDT", "ETHUSDT"])
-    state.seed(random_klines(["BTCUSDT", "ETHUSDT"], 20))  # both closed up to candle 19
+    hist = random_klines(["BTCUSDT", "ETHUSDT"], 20)
+    # BTCUSDT lost candle 7 while candle 8 arrived: a hole inside the history
+    state.seed(hist.filter(~((pl.col("symbol") == "BTCUSDT") & (pl.col("open_time") == pl.lit(t(7) * 1000).cast(pl.Datetime("us"))))))
+    assert state.holes(now_ms=t(20)) == [("BTCUSDT", t(6))]
     state.apply(Batch(forming={
         "BTCUSDT": forming("BTCUSDT", 20, 100.0, t(20) + 30_000),  # the next candle: fine
         "ETHUSDT": forming("ETHUSDT", 21, 100.0, t(21) + 1_000),  # candle 20 never got its final
     }))
-    assert state.missing_finals(now_ms=t(21) + 1_000) == []  # within the grace period
-    assert state.missing_finals(now_ms=t(21) + 6_000) == ["ETHUSDT"]
-    assert state.missing_finals(now_ms=t(21) + 6_000, grace_ms=10_000) == []
-    final = records(random_klines(["ETHUSDT"], 21)[20:])
-    state.apply(Batch(finals=final))  # the late final (or the REST repair) arrives
-    assert state.missing_finals(now_ms=t(21) + 30_000) == []
+    assert state.holes(now_ms=t(21) + 1_000) == [("BTCUSDT", t(6))]  # within the grace period
+    assert state.holes(now_ms=t(21) + 6_000) == [("ETHUSDT", t(19)), ("BTCUSDT", t(6))]
+    assert state.holes(now_ms=t(21) + 6_000, grace_ms=10_000) == [("BTCUSDT", t(6))]
+    # the late final and the REST repair arrive
+    state.apply(Batch(finals=records(random_klines(["ETHUSDT"], 21)[20:])))
+    state.apply(Batch(rest=hist.filter((pl.col("symbol") == "BTCUSDT")).slice(7, 1)))
+    assert state.holes(now_ms=t(21) + 30_000) == []
 
 
 def test_snapshot_has_one_row_per_symbol_with_live_indicators():
