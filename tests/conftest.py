@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +63,15 @@ def random_klines(
             ).select(list(KLINE_SCHEMA))
         )
     return pl.concat(frames)
+
+
+async def wait_for(cond, timeout: float = 30.0, every: float = 0.01, what: str = "condition") -> None:
+    """Poll ``cond()`` until true; fail with ``what`` after ``timeout`` s (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        await asyncio.sleep(every)
 
 
 class Holder:

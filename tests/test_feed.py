@@ -16,6 +16,7 @@ from market.exchange import LocalExchange
 from market.feed import Feed, FeedStatus
 from market.stream import Batch, FeedConfig
 from market.schema import KLINE_SCHEMA
+from tests.conftest import wait_for
 
 MINUTE = 60_000
 SYMS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
@@ -33,13 +34,6 @@ def feed_config(ex: LocalExchange, symbols=SYMS, *, max_streams: int | None = No
     kw.update(overrides)
     return FeedConfig(preset=preset, symbols=tuple(symbols), **kw)
 
-
-async def wait_for(cond, timeout: float = 20.0, every: float = 0.01, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(every)
 
 
 class Store:

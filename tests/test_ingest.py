@@ -34,7 +34,7 @@ from market.feed import Feed
 from store import history
 from store.db import gate
 from store.ingest import IngestConfig, Pipeline
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 MINUTE = 60_000
 KEY = ["symbol", "interval", "open_time"]
@@ -45,13 +45,6 @@ pytestmark = pytest.mark.timeout(90)
 
 # --------------------------------------------------------------------------- helpers
 
-
-async def wait_for(cond, timeout: float = 30.0, every: float = 0.02, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(every)
 
 
 def make_pipeline(ex: LocalExchange, db: Path, symbols: tuple[str, ...], **config) -> Pipeline:

@@ -20,7 +20,7 @@ from polars.testing import assert_frame_equal
 from market.binance import Kline, Parser, custom_preset, kline_frame, stream_names, stream_urls
 from market.exchange import LocalExchange
 from market.stream import Batch, Connection, FeedConfig
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, wait_for
 
 SYMS = ("BTCUSDT", "ETHUSDT")
 MINUTE = 60_000
@@ -46,13 +46,6 @@ def connection(ex: LocalExchange, symbols=SYMS, queue: asyncio.Queue | None = No
     (url,) = stream_urls(cfg.preset.ws_base, streams, cfg.preset.max_streams)
     return Connection(url, list(symbols), cfg, Parser(symbols), queue if queue is not None else asyncio.Queue())
 
-
-async def wait_for(cond, timeout: float = 20.0, every: float = 0.01, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(every)
 
 
 @contextlib.asynccontextmanager
