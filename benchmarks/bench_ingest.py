@@ -48,7 +48,7 @@ import websockets
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from market.binance import stream_names, stream_urls  # noqa: E402
+from market.presets import stream_names, stream_urls  # noqa: E402
 from market.exchange import LocalExchange  # noqa: E402
 from market.feed import Feed  # noqa: E402
 from market.synthetic import DEFAULT_SYMBOLS  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import param
 
-from market.binance import DEFAULT_PRESET, DEFAULT_SYMBOLS, PRESETS
+from market.presets import DEFAULT_PRESET, DEFAULT_SYMBOLS, PRESETS
 from market.schema import INTERVAL_MS
 from store.db import DEFAULT_DB, default_db_path
 from store.ingest import IngestConfig

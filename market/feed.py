@@ -14,7 +14,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from market.binance import Parser, stream_names, stream_urls
+from market.binance import Parser
+from market.presets import stream_names, stream_urls
 from market.rest import KlineClient, RestError
 from market.schema import interval_ms
 from market.stream import Batch, Connection, ConnectionStatus, FeedConfig

@@ -17,7 +17,8 @@ import httpx
 import orjson
 import polars as pl
 
-from market.binance import Preset, RejectCounter, parse_rest_klines, region_block_message
+from market.binance import RejectCounter, parse_rest_klines
+from market.presets import Preset, region_block_message
 from market.schema import KLINE_SCHEMA, empty, interval_ms
 
 log = logging.getLogger("market.rest")

@@ -25,7 +25,8 @@ import polars as pl
 import websockets
 from websockets.exceptions import InvalidStatus, InvalidURI
 
-from market.binance import Kline, Parser, Preset, Skip, Ticker, region_block_message
+from market.binance import Kline, Parser, Skip, Ticker
+from market.presets import Preset, region_block_message
 
 log = logging.getLogger("market.stream")
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from market.binance import DEFAULT_PRESET, DEFAULT_SYMBOLS, Preset, custom_preset, get_preset
+from market.presets import DEFAULT_PRESET, DEFAULT_SYMBOLS, Preset, custom_preset, get_preset
 from market.feed import Feed, FeedStatus
 from market.live import LiveState
 from market.stream import Batch, FeedConfig

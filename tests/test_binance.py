@@ -13,8 +13,8 @@ import pytest
 from market import binance as bn
 from market.binance import Kline, Parser, RejectCounter, Skip, Ticker
 from market.schema import KLINE_SCHEMA, TICKER_SCHEMA
+from tests.conftest import FIXTURES
 
-FIXTURES = Path("/work/shared/fixtures")
 FUTURES = FIXTURES / "binance_futures_2021-07-22.ws"
 SPOT = FIXTURES / "binance_spot_2021-10-12.ws"
 
@@ -303,76 +303,6 @@ def test_parse_rest_klines_skips_bad_rows(caplog):
     assert "REST CTKUSDT" in caplog.text
     with pytest.raises(ValueError, match="unknown interval"):
         bn.parse_rest_klines(REST_ROWS, "CTKUSDT", "7m")
-
-
-# --------------------------------------------------------------------------- streams
-
-
-def test_stream_names():
-    assert bn.stream_names(["BTCUSDT", "ethusdt", "BTCUSDT"], "1m") == [
-        "btcusdt@kline_1m", "btcusdt@ticker", "ethusdt@kline_1m", "ethusdt@ticker"]
-    assert bn.stream_names(["BTCUSDT"], "5m", tickers=False) == ["btcusdt@kline_5m"]
-    with pytest.raises(ValueError, match="unknown interval"):
-        bn.stream_names(["BTCUSDT"], "7m")
-    with pytest.raises(ValueError, match="alphanumeric"):
-        bn.stream_names(["BTC/USDT"], "1m")
-
-
-def test_stream_urls_split():
-    streams = [f"s{i}usdt@kline_1m" for i in range(450)]
-    urls = bn.stream_urls("wss://fstream.binance.com/market/", streams, 200)
-    assert len(urls) == 3
-    prefix = "wss://fstream.binance.com/market/stream?streams="
-    assert all(u.startswith(prefix) for u in urls)
-    parts = [u[len(prefix):].split("/") for u in urls]
-    assert [len(p) for p in parts] == [200, 200, 50]
-    assert sum(parts, []) == streams
-    assert bn.stream_urls("ws://h", ["a", "b"], 1024) == ["ws://h/stream?streams=a/b"]
-    assert bn.stream_urls("ws://h", [], 10) == []
-
-
-def test_presets():
-    assert bn.DEFAULT_PRESET == "binance-futures"
-    fut = bn.get_preset("binance-futures")
-    assert fut.ws_base == "wss://fstream.binance.com/market"
-    assert fut.klines_url == "https://fapi.binance.com/fapi/v1/klines"
-    assert (fut.max_streams, fut.kline_limit, fut.control_rate, fut.spot) == (200, 1500, 10, False)
-    spot = bn.get_preset("binance-spot")
-    assert (spot.ws_base, spot.klines_path, spot.max_streams, spot.kline_limit, spot.spot) == (
-        "wss://stream.binance.com:9443", "/api/v3/klines", 1024, 1000, True)
-    assert set(bn.PRESETS) == {"binance-futures", "binance-spot", "binance-us",
-                               "binance-futures-testnet", "binance-spot-testnet"}
-    with pytest.raises(TypeError):
-        bn.PRESETS["mine"] = fut
-    with pytest.raises(ValueError, match="binance-spot-testnet"):
-        bn.get_preset("kraken")
-    assert len(bn.DEFAULT_SYMBOLS) == len(set(bn.DEFAULT_SYMBOLS)) == 50
-    assert bn.DEFAULT_SYMBOLS[:3] == ("BTCUSDT", "ETHUSDT", "SOLUSDT")
-    assert all(s == s.upper() and s.isalnum() for s in bn.DEFAULT_SYMBOLS)
-
-
-def test_custom_preset():
-    local = bn.custom_preset("ws://127.0.0.1:9000/stream", "http://127.0.0.1:9000/")
-    assert (local.name, local.ws_base, local.rest_base) == (
-        "custom", "ws://127.0.0.1:9000", "http://127.0.0.1:9000")
-    assert local.klines_path == "/fapi/v1/klines" and local.max_streams == 200
-    assert bn.custom_preset("ws://h", "http://h", like="binance-spot").klines_path \
-        == "/api/v3/klines"
-    known = bn.custom_preset("wss://data-stream.binance.vision", "https://api.binance.com")
-    assert known.klines_path == "/api/v3/klines" and known.max_streams == 1024
-    with pytest.raises(ValueError, match="ws-url"):
-        bn.custom_preset("http://h", "http://h")
-    with pytest.raises(ValueError, match="rest-url"):
-        bn.custom_preset("ws://h", "h:80")
-
-
-def test_region_block_message():
-    msg = bn.region_block_message("binance-futures", 451)
-    assert "HTTP 451" in msg and "region" in msg and "--demo" in msg
-    assert "--exchange binance-us (for US users)" in msg
-    assert "binance-spot" in msg and "--exchange binance-futures " not in msg + " "
-    us = bn.region_block_message("binance-us", 403)
-    assert "HTTP 403" in us and "binance-us" not in us and "binance-futures" in us
 
 
 def test_parse_never_raises_on_odd_field_values():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dashboard.config import DEMO_DB, TIMEFRAMES, AppConfig
-from market.binance import DEFAULT_PRESET, DEFAULT_SYMBOLS
+from market.presets import DEFAULT_PRESET, DEFAULT_SYMBOLS
 from store.db import DEFAULT_DB
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import time
 
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from market.binance import custom_preset, kline_frame
+from market.binance import kline_frame
+from market.presets import custom_preset
 from market.exchange import LocalExchange
 from market.feed import Feed, FeedStatus
 from market.stream import Batch, FeedConfig

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from market.binance import custom_preset
+from market.presets import custom_preset
 from market.exchange import LocalExchange
 from market.rest import KlineClient, RestError
 

@@ -17,7 +17,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from market.binance import Kline, Parser, custom_preset, kline_frame, stream_names, stream_urls
+from market.binance import Kline, Parser, kline_frame
+from market.presets import custom_preset, stream_names, stream_urls
 from market.exchange import LocalExchange
 from market.stream import Batch, Connection, FeedConfig
 from tests.conftest import FIXTURES, wait_for
