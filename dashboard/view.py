@@ -130,9 +130,11 @@ class Dashboard(pn.viewable.Viewer):
         self._update_table(snap)
 
     def _update_table(self, snap: pl.DataFrame) -> None:
-        # same rows in the same order every time, so patch sends only changed cells
-        # and the user's sort and filters stay
-        self._table.patch(signal_table_frame(snap, order=self.param.symbol.objects))
+        # Replace the value rather than Tabulator.patch: patch applies a frame cell by cell
+        # through pandas .loc (~400 cells: 30-90 ms per tick per session, measured), while a
+        # new value costs ~5 ms and sends ~4 KB. The user's sorters and header filters stay;
+        # with a sorter active (the default) the browser redraws the rows either way.
+        self._table.value = signal_table_frame(snap, order=self.param.symbol.objects)
 
     def _status_html(self) -> str:
         st = self.feed.status()
@@ -146,19 +148,21 @@ class Dashboard(pn.viewable.Viewer):
         return f'<span style="color:{colour}">●</span> {words}'
 
     def __panel__(self) -> pn.template.BootstrapTemplate:
+        # widgets default to 300 px wide: stretch them to the sidebar instead of clipping
+        fit = {"sizing_mode": "stretch_width"}
         widgets = pn.Param(
-            self.param, parameters=["symbol", "timeframe", "color_by"], show_name=False,
+            self.param, parameters=["symbol", "timeframe", "color_by"], show_name=False, **fit,
             widgets={
                 "symbol": {"type": pn.widgets.AutocompleteInput, "case_sensitive": False,
-                           "search_strategy": "includes", "min_characters": 1, "restrict": True},
-                "timeframe": pn.widgets.RadioButtonGroup,
-                "color_by": pn.widgets.RadioButtonGroup,
+                           "search_strategy": "includes", "min_characters": 1, "restrict": True, **fit},
+                "timeframe": {"type": pn.widgets.RadioButtonGroup, **fit},
+                "color_by": {"type": pn.widgets.RadioButtonGroup, **fit},
             },
         )
         # Bootstrap, not Fast: Fast pulls a web font from a CDN, an error when offline
         template = pn.template.BootstrapTemplate(
             title="Crypto market explorer",
-            sidebar=[widgets, pn.pane.Markdown(_HELP)],
+            sidebar=[widgets, pn.pane.Markdown(_HELP, sizing_mode="stretch_width")],
             header=[self._status],
             main=[
                 pn.Column(self._progress, self._chart, sizing_mode="stretch_width"),
@@ -169,7 +173,7 @@ class Dashboard(pn.viewable.Viewer):
                     sizing_mode="stretch_width",
                 ),
             ],
-            sidebar_width=260,
+            sidebar_width=310,  # room for the six timeframe buttons on one line
             header_background="#1e2433",
         )
         return template

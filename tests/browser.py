@@ -113,13 +113,15 @@ class Console:
 
     errors: list[str] = field(default_factory=list)
 
-    def attach(self, page) -> None:
-        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}\n{exc.stack or ''}"))
+    def attach(self, page, label: str = "") -> None:
+        tag = f"[{label}] " if label else ""
+        page.on("pageerror", lambda exc: self.errors.append(f"{tag}pageerror: {exc}\n{exc.stack or ''}"))
         page.on("console", lambda msg: self.errors.append(
-            f"console.error: {msg.text} ({msg.location.get('url', '')}:{msg.location.get('lineNumber', '')})")
+            f"{tag}console.error: {msg.text} ({msg.location.get('url', '')}:{msg.location.get('lineNumber', '')})")
             if msg.type == "error" else None)
+        # anything fetched from outside the server fails offline (and is a bug here)
         page.on("requestfailed", lambda req: self.errors.append(
-            f"request failed: {req.url} ({req.failure})") if not req.url.startswith("http://127.0.0.1") else None)
+            f"{tag}request failed: {req.url} ({req.failure})") if not req.url.startswith("http://127.0.0.1") else None)
 
 
 # Everything a test asserts about the page, read in one call from the Bokeh models
