@@ -77,16 +77,27 @@ class Dashboard(pn.viewable.Viewer):
 
     # -- drawing ------------------------------------------------------------------
     def _build(self, *_) -> None:
-        """(Re)build the chart for the current symbol and timeframe from memory and the store."""
+        """Load the chart for the current symbol and timeframe from memory and the store.
+
+        The plot is built once per session; later switches reload the same streams.
+        Replacing the plot while the browser still applies updates to the old one
+        makes Bokeh fail with "reference ... isn't known".
+        """
         started = time.perf_counter()
         self._series = Series(self.feed, self.symbol, self.timeframe)
         closed, forming = self._series.initial()
-        buffer, pipe = streams_for(chart_frame(closed, self.timeframe))
-        self._buffer, self._pipe = buffer, pipe
-        if forming.height:
-            pipe.send(chart_frame(forming, self.timeframe))
-        self._chart.object = price_layout(buffer, pipe)
+        if self._chart.object is None:
+            self._buffer, self._pipe = streams_for(chart_frame(closed, self.timeframe))
+            self._pipe.send(chart_frame(forming, self.timeframe))
+            self._chart.object = price_layout(self._buffer, self._pipe)
+        else:
+            self._reload(closed, forming)
         log.debug("built %s %s in %.0f ms", self.symbol, self.timeframe, (time.perf_counter() - started) * 1000)
+
+    def _reload(self, closed: pl.DataFrame, forming: pl.DataFrame) -> None:
+        self._buffer.clear()
+        self._buffer.send(chart_frame(closed, self.timeframe))
+        self._pipe.send(chart_frame(forming, self.timeframe))
 
     def _tick(self) -> None:
         self.ticks += 1
@@ -94,10 +105,7 @@ class Dashboard(pn.viewable.Viewer):
         if self._series is not None and self._series.stale:
             # history changed behind the chart (backfill after a restart or reconnect):
             # reload it into the same streams, so the user's zoom survives
-            closed, forming = self._series.initial()
-            self._buffer.clear()
-            self._buffer.send(chart_frame(closed, self.timeframe))
-            self._pipe.send(chart_frame(forming, self.timeframe))
+            self._reload(*self._series.initial())
         elif self._series is not None:
             new, forming = self._series.poll()
             if new.height:

@@ -118,7 +118,9 @@ def assert_no_js_errors(console: Console) -> None:
 
 def test_page_renders_every_part_with_data(demo, pages):
     page = pages.new(demo.url)
-    s = wait_state(page, complete, 60, what="a complete page")
+    # complete, and every symbol's backfill done (RSI in every table row)
+    s = wait_state(page, lambda st: complete(st) and st["table"]["with_rsi"] == st["table"]["rows"], 60,
+                   what="a complete page")
     assert s["symbol"] == "BTCUSDT" and s["timeframe"] == "1m" and s["color_by"] == "24h change %"
     assert s["spacing_ms"] == 60_000
     assert s["closed_rows"] >= 500  # the REST backfill's history, not only what streamed since start
