@@ -1,0 +1,468 @@
+"""The dashboard measured in a real browser: start-up, tick-to-screen latency, server load, leaks.
+
+Every server here is ``panel serve dashboard/app.py`` in a subprocess, the way users
+start it, and every page is a headless Chromium (tests/browser.py) reading the Bokeh
+models the page draws from.
+
+1. start-up: a store of 50 symbols x 30 days of 1m candles (2.16M rows, built with
+   the Writer in a temp dir); the time from spawning ``panel serve ... --args --demo
+   --db STORE`` to the first complete page (price chart with candles, heatmap and
+   table with values), counted from the process start and from the moment the
+   server first answers HTTP (a request for ``/``, which builds no session).
+2. tick-to-screen latency at Binance's real pace: a local exchange runs in its own
+   process (``python -m market.exchange --speed 1``, 50 symbols); the app follows it
+   with ``--ws-url/--rest-url``; this script subscribes its own client to the same
+   BTCUSDT kline stream and logs when each (open time, close) arrived (on loopback
+   that is when the exchange sent it to everyone). In each tab a 10 ms poll logs
+   when the forming candle's (open time, close) changed in the page's Bokeh model.
+   Latency = page time - arrival time of the same value (the earliest frame of a
+   run carrying it), both wall clock on this machine. 1 tab; 10 tabs all drawing;
+   10 tabs of which 9 are hidden (they apply every update but paint nothing); 1 tab
+   plus 9 sessions synced to bokeh.client documents (no browser: the server does
+   the same work per session, the client side costs far less than a tab).
+3. server CPU and memory (psutil on the panel serve process) with 0, 1 and 10 tabs
+   over the latency windows.
+4. server memory over session open/close cycles: 200 page requests (each one runs
+   app.py, builds the Dashboard and renders the page; no browser connects, so Bokeh
+   destroys the session after --unused-session-lifetime, 3 s here), then 40
+   sessions synced to a websocket client (bokeh.client.pull_session) and closed.
+   RSS (psutil) after 20, 100 and 200 requests and after the websocket ones, each
+   5 s after the last session closed; then the session count the status header
+   shows to one new tab (1 = every earlier session is gone).
+
+    .venv/bin/python benchmarks/bench_dashboard.py [--quick] [--only startup,latency,cycles]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import polars as pl
+import psutil
+import websockets
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from market.schema import KLINE_SCHEMA  # noqa: E402
+from market.presets import DEFAULT_SYMBOLS  # noqa: E402  (the app's default 50)
+from store.writer import Writer  # noqa: E402
+from tests.browser import (  # noqa: E402
+    VIEWPORT, Console, browser, complete, free_port, serve_app, sessions_shown, wait_state,
+)
+
+SMALL = {"width": 900, "height": 650}
+REAP = ["--check-unused-sessions", "500", "--unused-session-lifetime", "3000"]
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def build_store(path: Path, symbols: int = 50, days: int = 30) -> tuple[int, float]:
+    """Random-walk 1m candles ending a minute ago, written with the app's Writer."""
+    started = time.perf_counter()
+    n = days * 1440
+    end = dt.datetime.now(dt.UTC).replace(tzinfo=None, second=0, microsecond=0) - dt.timedelta(minutes=1)
+    times = pl.datetime_range(end - dt.timedelta(minutes=n - 1), end, "1m", eager=True).cast(KLINE_SCHEMA["open_time"])
+    rng = np.random.default_rng(0)
+    frames = []
+    for sym in DEFAULT_SYMBOLS[:symbols]:
+        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.001, n)))
+        open_ = np.concatenate([[close[0]], close[:-1]])
+        spread = np.abs(rng.normal(0, 0.0005, n)) * close
+        vol = rng.uniform(1, 100, n)
+        frames.append(pl.DataFrame({
+            "symbol": sym, "interval": "1m", "open_time": times,
+            "close_time": times + dt.timedelta(milliseconds=59_999),
+            "open": open_, "high": np.maximum(open_, close) + spread, "low": np.minimum(open_, close) - spread,
+            "close": close, "volume": vol, "quote_volume": vol * close, "trades": rng.integers(1, 500, n),
+            "taker_buy_volume": vol / 2, "taker_buy_quote_volume": vol * close / 2,
+        }, schema_overrides=KLINE_SCHEMA).select(list(KLINE_SCHEMA)))
+    w = Writer(path, max_pending_rows=100_000_000)
+    for f in frames:
+        w.add_klines(f)
+    rows = w.close(timeout=600)
+    return rows, time.perf_counter() - started
+
+
+def server_answers(port: int) -> bool:
+    """Does the server answer HTTP? ``GET /`` only redirects: it builds no session."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        c.request("GET", "/")
+        ok = c.getresponse().status < 500
+        c.close()
+        return ok
+    except OSError:
+        return False
+
+
+def wait_answer(server, timeout: float = 120) -> float:
+    deadline = time.monotonic() + timeout
+    while not server_answers(server.port):
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited:\n{server.output()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError("server did not answer")
+        time.sleep(0.02)
+    return time.monotonic()
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+# --- 1. start-up -------------------------------------------------------------------------------
+
+def bench_startup(store: Path, runs: int, tmp: Path) -> list[dict]:
+    results = []
+    with browser() as b:
+        for run in range(runs):
+            page = b.new_page(viewport=VIEWPORT)
+            page.goto("about:blank")
+            server = serve_app(["--demo", "--db", str(store)], tmp / f"startup{run}.log")
+            try:
+                up = wait_answer(server)
+                t0 = time.monotonic()
+                page.goto(server.url)
+                html = time.monotonic()
+                nav = page.evaluate("() => performance.getEntriesByType('navigation')[0].toJSON()")
+                wait_state(page, lambda s: s is not None and s["closed_rows"] > 0, 60, every=0.02)
+                chart = time.monotonic()
+                wait_state(page, complete, 60, every=0.02)
+                done = time.monotonic()
+                results.append({
+                    "run": run + 1, "spawn_to_http": up - server.spawned_at,
+                    "ttfb": (nav["responseStart"] - nav["requestStart"]) / 1000,
+                    "http_to_page_html": html - t0, "http_to_candles": chart - up,
+                    "http_to_complete": done - up, "spawn_to_complete": done - server.spawned_at,
+                })
+            finally:
+                page.close()
+                server.stop()
+    return results
+
+
+# --- 2 + 3. latency, CPU, memory ---------------------------------------------------------------
+
+class ExchangeTap:
+    """Our own client on the exchange's BTCUSDT kline stream: (arrival ms, open ms, close)."""
+
+    def __init__(self, ws_base: str, symbol: str = "btcusdt") -> None:
+        self.url = f"{ws_base}/stream?streams={symbol}@kline_1m"
+        self.frames: list[tuple[float, int, float]] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._run(),), daemon=True)
+        self._stop = asyncio.Event()
+        self._thread.start()
+
+    async def _run(self) -> None:
+        async with websockets.connect(self.url, compression=None) as ws:
+            reader = asyncio.ensure_future(self._read(ws))
+            await self._stop.wait()
+            reader.cancel()
+
+    async def _read(self, ws) -> None:
+        async for raw in ws:
+            now = time.time() * 1000
+            k = orjson.loads(raw)["data"]["k"]
+            self.frames.append((now, int(k["t"]), round(float(k["c"]), 8)))
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
+
+
+# In the page: every 10 ms, the newest (open time, close) over the chart's sources
+# (their last rows; the forming candle is the newest); log it with Date.now() on change.
+RECORDER_JS = r"""
+() => {
+  function* walk(v) { yield v; for (const c of v.children()) yield* walk(c) }
+  const sources = new Set();
+  for (const root of Bokeh.index.roots) for (const v of walk(root)) {
+    if (v.model.type !== "Figure") continue;
+    for (const r of v.model.renderers) {
+      const s = r.data_source;
+      if (s && "close" in s.data && "body_top" in s.data) sources.add(s);
+    }
+  }
+  window.__seen = [];
+  window.__visible = document.visibilityState;
+  let last = "";
+  const check = () => {
+    let t = -Infinity, c = null;
+    for (const s of sources) {
+      const n = s.data.time.length;
+      if (n && s.data.time[n - 1] >= t) { t = s.data.time[n - 1]; c = s.data.close[n - 1] }
+    }
+    const key = t + "/" + c;
+    if (c !== null && key !== last) { last = key; window.__seen.push([Date.now(), t, c]) }
+  };
+  window.__timer = setInterval(check, 10);
+  return sources.size;
+}
+"""
+
+
+# Sessions without a browser: bokeh.client documents kept in sync on their own loops
+# (the server does the same work per session; the client side is far lighter than a tab).
+CLIENTS_PY = r"""
+import asyncio, sys, threading
+import panel.models, panel.models.tabulator  # the client must know Panel's model types
+from bokeh.client import pull_session
+from tornado.ioloop import IOLoop
+
+def run(url):
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    session = pull_session(url=url, io_loop=IOLoop.current())
+    print("ok", flush=True)
+    session._loop_until_closed()
+
+for _ in range(int(sys.argv[2])):
+    threading.Thread(target=run, args=(sys.argv[1],), daemon=True).start()
+sys.stdin.read()
+"""
+
+
+def start_clients(url: str, n: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", CLIENTS_PY, url, str(n)], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for _ in range(n):
+        assert proc.stdout.readline().strip() == "ok", "a websocket client failed to connect"
+    return proc
+
+
+def match_latencies(frames: list[tuple[float, int, float]], seen: list) -> tuple[list[float], int]:
+    """Page time - arrival of the run of frames that first carried the value the page shows."""
+    by_open: dict[int, list[tuple[float, float]]] = {}
+    for at, open_ms, close in frames:
+        by_open.setdefault(open_ms, []).append((at, close))
+    out, unmatched = [], 0
+    for shown_at, open_ms, close in seen[1:]:  # the first entry is what the page had already
+        runs = by_open.get(int(open_ms), [])
+        close = round(float(close), 8)
+        j = max((i for i, (at, c) in enumerate(runs) if c == close and at <= shown_at), default=None)
+        if j is None:
+            unmatched += 1
+            continue
+        while j > 0 and runs[j - 1][1] == close:
+            j -= 1
+        out.append(shown_at - runs[j][0])
+    return out, unmatched
+
+
+def bench_latency(tab_counts: list[int], window: float, tmp: Path) -> list[dict]:
+    port = free_port()
+    # the app's default 50 symbols (the exchange's own default list differs)
+    ex = subprocess.Popen([sys.executable, "-m", "market.exchange", "--port", str(port),
+                           "--symbols", ",".join(DEFAULT_SYMBOLS), "--speed", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    info = json.loads(ex.stdout.readline())
+    server = serve_app(["--db", str(tmp / "latency.duckdb"), "--ws-url", info["ws"], "--rest-url", info["rest"]],
+                       tmp / "latency.log")
+    tap = ExchangeTap(info["ws"])
+    results = []
+    try:
+        wait_answer(server)
+        proc = psutil.Process(server.proc.pid)
+        with browser() as b:
+            # warm up: the first page waits for the backfill of 50 x 1000 candles
+            first = b.new_page(viewport=SMALL)
+            first.goto(server.url)
+            wait_state(first, complete, 120)
+            first.close()
+            time.sleep(4)  # its session is reaped
+            skip = {server.proc.pid, ex.pid, *(c.pid for c in proc.children(recursive=True))}
+            results.append(_measure(proc, [], tap, window, 0, skip=skip))
+            for n, drawing, clients in tab_counts:
+                extra = start_clients(server.url, clients) if clients else None
+                tabs = []
+                for _ in range(n):
+                    page = b.new_page(viewport=SMALL if n > 1 else VIEWPORT)
+                    console = Console()
+                    console.attach(page)
+                    page.goto(server.url)
+                    tabs.append((page, console))
+                for i, (page, _) in enumerate(tabs):
+                    wait_state(page, complete, 120)
+                    if i >= drawing:  # the page still gets and applies every update, but paints nothing
+                        page.add_style_tag(content="body { display: none !important }")
+                results.append({**_measure(proc, tabs, tap, window, n, drawing, skip), "clients": clients})
+                for page, _ in tabs:
+                    page.close()
+                if extra is not None:
+                    extra.kill()
+                    extra.wait(10)
+                time.sleep(20)  # Bokeh reaps closed sessions after 15 s
+    finally:
+        tap.stop()
+        server.stop()
+        ex.terminate()
+        ex.wait(10)
+    return results
+
+
+def _browser_cpu(skip: set[int]) -> float:
+    """CPU seconds used so far by this script's other descendants: Chromium and its driver."""
+    total = 0.0
+    for p in psutil.Process().children(recursive=True):
+        if p.pid in skip:
+            continue
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _measure(proc: psutil.Process, tabs: list, tap: ExchangeTap, window: float, n: int, drawing: int = 0,
+             skip: set[int] = frozenset()) -> dict:
+    for page, _ in tabs:
+        page.evaluate(RECORDER_JS)
+    rss0 = proc.memory_info().rss
+    proc.cpu_percent(None)
+    browser0, wall0 = _browser_cpu(skip), time.monotonic()
+    started = time.time() * 1000
+    time.sleep(window)
+    cpu = proc.cpu_percent(None)
+    browser_cpu = (_browser_cpu(skip) - browser0) / (time.monotonic() - wall0) * 100
+    rss1 = proc.memory_info().rss
+    lat, unmatched, visible, errors = [], 0, set(), []
+    frames = [f for f in tap.frames if f[0] >= started - 5000]
+    for page, console in tabs:
+        seen = page.evaluate("() => { clearInterval(window.__timer); return window.__seen }")
+        visible.add(page.evaluate("() => window.__visible"))
+        got, miss = match_latencies(frames, seen)
+        lat += got
+        unmatched += miss
+        errors += console.errors
+    return {"tabs": n, "drawing": drawing, "cpu_pct": cpu, "browser_cpu_pct": browser_cpu,
+            "updates_per_tab_s": (len(lat) + unmatched) / max(n, 1) / window, "rss_mb_start": rss0 / 2**20, "rss_mb_end": rss1 / 2**20,
+            "latencies": lat, "unmatched": unmatched, "visible": sorted(visible), "js_errors": errors,
+            "window_s": window}
+
+
+# --- 4. open/close cycles -------------------------------------------------------------------------
+
+def bench_cycles(cycles: int, synced: int, tmp: Path) -> dict:
+    """``cycles`` sessions built by a page request and reaped unconnected, then ``synced``
+    sessions pulled over a websocket and closed; server RSS at marks, sessions gone."""
+    import urllib.request
+
+    import panel.models  # noqa: F401  (the client must know Panel's model types to decode the page)
+    import panel.models.tabulator  # noqa: F401
+    from bokeh.client import pull_session
+
+    server = serve_app(["--demo", "--db", str(tmp / "cycles.duckdb")], tmp / "cycles.log", serve_args=REAP)
+    marks: list[tuple[str, float]] = []
+    took = {}
+    try:
+        wait_answer(server)
+        proc = psutil.Process(server.proc.pid)
+        with browser() as b:  # let the backfill finish before counting
+            page = b.new_page(viewport=SMALL)
+            page.goto(server.url)
+            wait_state(page, complete, 120)
+            page.close()
+
+        def mark(label: str) -> None:
+            time.sleep(5)  # > unused-session-lifetime: every session so far is destroyed
+            marks.append((label, proc.memory_info().rss / 2**20))
+
+        started = time.monotonic()
+        for i in range(1, cycles + 1):
+            with urllib.request.urlopen(server.url) as r:  # the server builds the whole page
+                r.read()
+            if i in (20, cycles // 2, cycles):
+                took.setdefault("page", []).append(time.monotonic())
+                mark(f"{i} page requests")
+        took["page"] = (time.monotonic() - started - 5 * 3) / cycles
+        started = time.monotonic()
+        for i in range(1, synced + 1):
+            session = pull_session(url=server.url)  # websocket: the document synced to a client
+            session.close()
+        took["synced"] = (time.monotonic() - started) / max(synced, 1)
+        mark(f"+ {synced} websocket sessions")
+        with browser() as b:
+            page = b.new_page(viewport=SMALL)
+            page.goto(server.url)
+            shown = sessions_shown(wait_state(page, lambda s: sessions_shown(s) is not None, 60))
+            page.close()
+    finally:
+        server.stop()
+    return {"cycles": cycles, "synced": synced, "rss_mb": marks, "sessions_shown_after": shown,
+            "s_per_page": took["page"], "s_per_synced": took["synced"]}
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small store, short windows, 40 cycles")
+    ap.add_argument("--only", default="startup,latency,cycles")
+    a = ap.parse_args(argv)
+    only = set(a.only.split(","))
+    print(f"# bench_dashboard {dt.datetime.now():%Y-%m-%d %H:%M}, load average {psutil.getloadavg()[0]:.1f}, "
+          f"{psutil.cpu_count()} cores\n")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if "startup" in only:
+            store = tmp / "store.duckdb"
+            rows, took = build_store(store, days=3 if a.quick else 30)
+            print(f"## Start-up to the first complete page\n\nstore: {rows:,} candles "
+                  f"({store.stat().st_size / 2**20:.0f} MB), built in {took:.0f} s\n")
+            print("| run | spawn -> HTTP answers | server builds the page (TTFB) | HTTP -> page loaded | "
+                  "HTTP -> candles drawn | HTTP -> complete page | **spawn -> complete page** |")
+            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            for r in bench_startup(store, 2 if a.quick else 3, tmp):
+                print(f"| {r['run']} | {r['spawn_to_http']:.2f} s | {r['ttfb']:.2f} s | {r['http_to_page_html']:.2f} s | "
+                      f"{r['http_to_candles']:.2f} s | {r['http_to_complete']:.2f} s | "
+                      f"**{r['spawn_to_complete']:.2f} s** |")
+            print()
+        if "latency" in only:
+            window = 10 if a.quick else 30
+            # (tabs, of which drawing, extra websocket sessions without a browser)
+            rows = bench_latency([(1, 1, 0), (10, 10, 0), (10, 1, 0), (1, 1, 9)], window, tmp)
+            print(f"## Tick-to-screen latency and server load (speed 1, 50 symbols, {window:.0f} s per row)\n")
+            print("| sessions: tabs (drawing) + clients | samples | updates/s per tab | median | p95 | max | "
+                  "unmatched | server CPU (% of a core) | Chromium + clients CPU | server RSS start -> end | "
+                  "JS errors |")
+            print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+            for r in rows:
+                lat = r["latencies"]
+                med = f"{statistics.median(lat):.0f} ms" if lat else "-"
+                print(f"| {r['tabs']} ({r['drawing']}) + {r.get('clients', 0)} | {len(lat)} | {r['updates_per_tab_s']:.1f} | {med} | "
+                      f"{pct(lat, 95):.0f} ms | {max(lat, default=float('nan')):.0f} ms | {r['unmatched']} | "
+                      f"{r['cpu_pct']:.0f} % | {r['browser_cpu_pct']:.0f} % | "
+                      f"{r['rss_mb_start']:.0f} -> {r['rss_mb_end']:.0f} MB | {len(r['js_errors'])} |")
+            errors = sorted({e.split(" (")[0] for r in rows for e in r["js_errors"]})
+            if errors:
+                print("\nJS errors seen: " + "; ".join(errors[:5]))
+            print(f"\npage visibility during the runs: {sorted({v for r in rows for v in r['visible']})}\n")
+        if "cycles" in only:
+            r = bench_cycles(40 if a.quick else 200, 10 if a.quick else 40, tmp)
+            print(f"## Server memory over {r['cycles'] + r['synced']} session open/close cycles\n")
+            print("| after | server RSS |")
+            print("| --- | ---: |")
+            for label, mb in r["rss_mb"]:
+                print(f"| {label} | {mb:.0f} MB |")
+            print(f"\n{r['s_per_page']:.2f} s per page request, {r['s_per_synced']:.2f} s per websocket "
+                  f"session; afterwards the status header showed {r['sessions_shown_after']} session(s) "
+                  "(the page reading it)\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
