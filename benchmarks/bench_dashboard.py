@@ -57,11 +57,18 @@ import websockets
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from market.schema import KLINE_SCHEMA  # noqa: E402
-from market.presets import DEFAULT_SYMBOLS  # noqa: E402  (the app's default 50)
-from store.writer import Writer  # noqa: E402
-from tests.browser import (  # noqa: E402
-    VIEWPORT, Console, browser, complete, free_port, serve_app, sessions_shown, wait_state,
+from market.presets import DEFAULT_SYMBOLS
+from market.schema import KLINE_SCHEMA
+from store.writer import Writer
+from tests.browser import (
+    VIEWPORT,
+    Console,
+    browser,
+    complete,
+    free_port,
+    serve_app,
+    sessions_shown,
+    wait_state,
 )
 
 SMALL = {"width": 900, "height": 650}
@@ -361,7 +368,7 @@ def bench_cycles(cycles: int, synced: int, tmp: Path) -> dict:
     sessions pulled over a websocket and closed; server RSS at marks, sessions gone."""
     import urllib.request
 
-    import panel.models  # noqa: F401  (the client must know Panel's model types to decode the page)
+    import panel.models
     import panel.models.tabulator  # noqa: F401
     from bokeh.client import pull_session
 

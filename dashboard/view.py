@@ -2,8 +2,9 @@
 
 Every session owns its streams and one periodic callback; per tick it sends one
 coalesced update to each stream (new closed candles to the Buffer, the forming
-candle to the Pipe) and patches the heatmap and table in place. Closing the tab
-stops the callback with the session, and nothing outside holds the session.
+candle to the Pipe), patches the heatmap in place and, every ``TABLE_EVERY`` s,
+refreshes the signal table. Closing the tab stops the callback with the session,
+and nothing outside holds the session.
 """
 
 from __future__ import annotations

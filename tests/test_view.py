@@ -26,7 +26,6 @@ from dashboard.series import Series
 from dashboard.view import Dashboard
 from market.binance import Kline, Ticker, kline_frame
 from market.candles import resample
-from market.schema import KLINE_SCHEMA
 from market.stream import Batch
 from store.writer import Writer
 from tests.conftest import random_klines
