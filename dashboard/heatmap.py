@@ -242,7 +242,7 @@ def signal_table_frame(tickers: pl.DataFrame | pd.DataFrame,
 
     def num(col: str) -> pl.Expr:
         return (pl.col(col).cast(pl.Float64) if col in frame.columns
-                else pl.lit(None, pl.Float64))
+                else pl.lit(None, pl.Float64).alias(col))
 
     out = frame.select(
         pl.col("symbol").cast(pl.String),

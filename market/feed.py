@@ -42,7 +42,8 @@ class FeedStatus:
     def describe(self) -> str:
         """The feed's state in plain words."""
         if self.state == "live":
-            lag = f", lag {self.lag_ms / 1000:.1f} s" if self.lag_ms is not None else ""
+            # a local exchange running faster than real time is "ahead", not lagging
+            lag = f", lag {max(0.0, self.lag_ms) / 1000:.1f} s" if self.lag_ms is not None else ""
             text = f"live: {self.messages_per_s:,.0f} msg/s{lag}"
         elif self.state == "connecting":
             text = "connecting to the exchange"
