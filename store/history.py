@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from market.schema import KLINE_SCHEMA, empty, interval_ms
-from store.db import StoreError, query, resolve_db
+from store.db import query, resolve_db
 
 Db = str | os.PathLike[str] | None
 
@@ -100,4 +100,4 @@ def gaps(interval: str = "1m", *, db: Db = None, symbol: str | None = None) -> p
     )
 
 
-__all__ = ["StoreError", "coverage", "gaps", "klines", "recent_klines", "with_indicators"]
+__all__ = ["coverage", "gaps", "klines", "recent_klines", "with_indicators"]

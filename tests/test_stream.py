@@ -61,13 +61,27 @@ async def running(conn: Connection):
             await task
 
 
-class Sink:
+class Background:
+    """Runs ``self._run()`` as a task for the length of an ``async with`` block."""
+
+    _task: asyncio.Task | None = None
+
+    async def __aenter__(self):
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+class Sink(Background):
     """Drains a queue in the background, like the pipeline's consumer."""
 
     def __init__(self, queue: asyncio.Queue) -> None:
         self.queue = queue
         self.batches: list[Batch] = []
-        self._task: asyncio.Task | None = None
 
     async def _run(self) -> None:
         while True:
@@ -80,18 +94,12 @@ class Sink:
     def finals(self, symbol: str | None = None) -> list[Kline]:
         return [k for b in self.batches for k in b.finals if symbol is None or k.symbol == symbol]
 
-    async def __aenter__(self) -> Sink:
-        self._task = asyncio.create_task(self._run())
-        return self
-
     async def __aexit__(self, *exc) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await super().__aexit__(*exc)
         self.pull()
 
 
-class Watcher:
+class Watcher(Background):
     """Samples ``conn.status`` every 2 ms and keeps every distinct observation.
 
     Reconnect waits are >= 25 ms here and asyncio runs due timers in deadline order,
@@ -101,7 +109,6 @@ class Watcher:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.seen: list[tuple[float, str, str, float | None, int, int]] = []
-        self._task: asyncio.Task | None = None
 
     async def _run(self) -> None:
         while True:
@@ -123,14 +130,6 @@ class Watcher:
                 last = s[3]
         return out
 
-    async def __aenter__(self) -> Watcher:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 def check_finals_match_exchange(ex: LocalExchange, finals: list[Kline], symbol: str) -> pl.DataFrame:
