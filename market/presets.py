@@ -30,6 +30,13 @@ class Preset:
     kline_limit: int  # rows per REST klines request
     control_rate: float  # incoming control messages per second per connection
     spot: bool
+    #: what the candles are, for the one-market-per-database rule (store/db.py);
+    #: a known preset's own name unless given
+    market: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.market:
+            object.__setattr__(self, "market", self.name)
 
     @property
     def klines_url(self) -> str:
@@ -79,7 +86,7 @@ def get_preset(name: str) -> Preset:
         ) from None
 
 
-def custom_preset(ws_base: str, rest_base: str, like: str = DEFAULT_PRESET) -> Preset:
+def custom_preset(ws_base: str, rest_base: str, like: str = DEFAULT_PRESET, *, market: str | None = None) -> Preset:
     """A preset for ``--ws-url``/``--rest-url``.
 
     Limits and the klines path come from ``like``, unless ``rest_base`` is the host
@@ -101,7 +108,7 @@ def custom_preset(ws_base: str, rest_base: str, like: str = DEFAULT_PRESET) -> P
     for known in PRESETS.values():
         if urlsplit(known.rest_base).netloc == host:
             base = known
-    return replace(base, name="custom", ws_base=ws, rest_base=rest)
+    return replace(base, name="custom", ws_base=ws, rest_base=rest, market=market or base.market)
 
 
 def region_block_message(preset_name: str, status: int) -> str:

@@ -8,10 +8,12 @@
 
 from store.db import (
     DEFAULT_DB,
+    MarketMismatch,
     QueryError,
     StoreError,
     StoreLocked,
     default_db_path,
+    prepare,
     query,
     reader,
 )
@@ -19,12 +21,14 @@ from store.writer import Writer, WriterStatus
 
 __all__ = [
     "DEFAULT_DB",
+    "MarketMismatch",
     "QueryError",
     "StoreError",
     "StoreLocked",
     "Writer",
     "WriterStatus",
     "default_db_path",
+    "prepare",
     "query",
     "reader",
 ]

@@ -45,6 +45,14 @@ class QueryError(StoreError):
     """The SQL itself failed (syntax, unknown column, ...)."""
 
 
+class MarketMismatch(StoreError):
+    """The file holds candles of another market (spot vs futures, ...)."""
+
+
+#: the market assumed for files written before markets were recorded
+LEGACY_MARKET = "binance-futures"
+
+
 def default_db_path() -> Path:
     """``$MARKET_DB`` if set, else ``store/market.duckdb``; read at call time."""
     env = os.environ.get("MARKET_DB")
@@ -172,6 +180,10 @@ def migrate(con: duckdb.DuckDBPyConnection, name: str = "database") -> list[str]
             if column not in existing[table]:
                 con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {dtype}')
                 changes.append(f"added {table}.{column} {dtype}")
+    if stored_market(con) is None and con.execute("SELECT count(*) FROM (SELECT 1 FROM klines LIMIT 1)").fetchone()[0]:
+        # Files from before markets were recorded were all written by the futures default.
+        con.execute("INSERT INTO meta VALUES ('market', ?)", [LEGACY_MARKET])
+        changes.append(f"recorded market {LEGACY_MARKET} for existing candles")
     current = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
     if current is None or current < SCHEMA_VERSION:
         con.execute(
@@ -181,6 +193,96 @@ def migrate(con: duckdb.DuckDBPyConnection, name: str = "database") -> list[str]
     if changes:
         log.info("schema of %s: %s", name, "; ".join(changes))
     return changes
+
+
+def stored_market(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The market recorded in the file, or None for a file with no candles yet."""
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'market'").fetchone()
+    except duckdb.CatalogException:
+        return None
+    return row[0] if row else None
+
+
+def claim_market(con: duckdb.DuckDBPyConnection, market: str, path: Path | str = "the database") -> None:
+    """Record ``market`` in a file that has none; refuse a file that holds another one.
+
+    Call it on a read-write connection before writing candles.
+    """
+    held = stored_market(con)
+    if held is None:
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('market', ?)", [market])
+    elif held != market:
+        raise MarketMismatch(
+            f"{path} holds {held} candles, not {market}: one file holds one market, so "
+            f"{held} and {market} prices never mix. Use another file for {market} "
+            f"(--db PATH or MARKET_DB), or --exchange {held} for this one"
+        )
+
+
+def prepare(
+    db: str | os.PathLike[str] | None, market: str | None = None, *, timeout: float = 30.0
+) -> Path:
+    """Check at start, before any network traffic, that ``db`` can be written.
+
+    Creates the file and schema if missing, migrates an older one, and records or
+    checks ``market``. A file that is not a DuckDB database, a folder that cannot be
+    written, or a file of another market raises StoreError with a message a user
+    can act on; a file held by another process is waited for up to ``timeout`` s
+    (the app holds it only for its flushes).
+    """
+    path = resolve_db(db)
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not a database file: give a file path with --db or MARKET_DB")
+    if path.exists() and path.stat().st_size and not _looks_like_duckdb(path):
+        raise StoreError(
+            f"{path} is not a DuckDB database (its first bytes say otherwise): "
+            "give a new path or an existing market database with --db or MARKET_DB"
+        )
+    if not os.access(path if path.exists() else _existing_parent(path), os.W_OK):
+        raise StoreError(f"cannot write {path}: permission denied; give a writable path with --db or MARKET_DB")
+    deadline = time.monotonic() + timeout
+    g = gate(path)
+    delay = 0.02
+    while True:
+        if g.try_write():
+            try:
+                con = open_file(path, read_only=False)
+                try:
+                    migrate(con, str(path))
+                    if market is not None:
+                        claim_market(con, market, path)
+                    return path
+                except duckdb.Error as exc:
+                    raise StoreError(f"cannot use {path}: {exc}") from exc
+                finally:
+                    con.close()
+            except StoreLocked:
+                if time.monotonic() > deadline:
+                    raise
+            finally:
+                g.end_write()
+        elif time.monotonic() > deadline:
+            raise StoreLocked(f"{path} stayed busy in this process for {timeout:g} s")
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 0.5)
+
+
+def _looks_like_duckdb(path: Path) -> bool:
+    # DuckDB's main header carries the magic bytes "DUCK" at offset 8.
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+    except OSError:
+        return True  # let duckdb say what is wrong
+    return len(head) < 12 or head[8:12] == b"DUCK"
+
+
+def _existing_parent(path: Path) -> Path:
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return parent
+    return Path("/")
 
 
 @contextlib.contextmanager

@@ -81,7 +81,7 @@ class Pipeline:
     def __init__(self, config: IngestConfig, *, writer: Writer | None = None) -> None:
         self.config = config
         self.db = resolve_db(config.db)
-        self.writer = writer or Writer(self.db)
+        self.writer = writer or Writer(self.db, market=config.preset().market)
         self.state = LiveState(list(config.symbols), config.interval, keep=config.keep)
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=config.queue_size)
         self.feed = Feed(config.feed_config(), self.queue, last_closed=self.state.last_closed)

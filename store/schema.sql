@@ -52,6 +52,27 @@ CREATE TABLE IF NOT EXISTS indicators (
     signal    VARCHAR
 );
 
+-- Facts about the file, one row per key. 'market' names the exchange market
+-- whose candles the file holds (a preset name: binance-futures, binance-spot,
+-- ..., or demo); it is recorded on first write, and every writer refuses to mix
+-- markets in one file (spot and futures BTCUSDT are different prices).
+CREATE TABLE IF NOT EXISTS meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+
+-- Ranges of candles REST confirmed absent at the exchange (minutes with no
+-- trades, maintenance): open_time in [start_time, end_time). Gap repair and
+-- `python -m store.backfill --repair` skip them; history.gaps() reports them as
+-- "missing at the exchange" rather than as holes to fill.
+CREATE TABLE IF NOT EXISTS empty_ranges (
+    symbol     VARCHAR   NOT NULL,
+    interval   VARCHAR   NOT NULL,
+    start_time TIMESTAMP NOT NULL,
+    end_time   TIMESTAMP NOT NULL,
+    checked_at TIMESTAMP NOT NULL
+);
+
 -- One row per applied schema version.
 CREATE TABLE IF NOT EXISTS schema_version (
     version    INTEGER   NOT NULL,

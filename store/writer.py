@@ -29,7 +29,7 @@ import duckdb
 import polars as pl
 
 from market.schema import INDICATOR_SCHEMA, KLINE_SCHEMA, TICKER_SCHEMA, conform
-from store.db import StoreError, StoreLocked, gate, migrate, open_file, resolve_db
+from store.db import StoreError, StoreLocked, claim_market, gate, migrate, open_file, resolve_db
 
 log = logging.getLogger("store.writer")
 
@@ -70,8 +70,10 @@ class Writer:
         warn_ratio: float = 0.8,
         retry_base: float = 0.1,
         retry_cap: float = 2.0,
+        market: str | None = None,
     ) -> None:
         self.path = resolve_db(db)
+        self.market = market  # recorded on first write; another market's file is refused
         self.spool_dir = self.path.with_name(self.path.name + ".spool")
         self.max_pending_rows = max_pending_rows
         self.warn_ratio = warn_ratio
@@ -241,6 +243,8 @@ class Writer:
             try:
                 if not self._migrated:
                     migrate(con, str(self.path))
+                    if self.market is not None:
+                        claim_market(con, self.market, self.path)
                     self._migrated = True
                 batches = self._merge(taken, spool)
                 con.execute("BEGIN")

@@ -19,9 +19,9 @@ import pytest
 from market.schema import KLINE_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
-if not FIXTURES.exists():  # CI clones main with shared/ beside it
-    FIXTURES = Path(os.environ.get("FIXTURES_DIR", ROOT / "tests" / "fixtures"))
+# Real Binance recordings, copied into the repository with their licence notice
+# (tests/fixtures/README.md) so a bare clone is self-contained.
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def random_klines(

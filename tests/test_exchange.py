@@ -21,11 +21,9 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from market.exchange import MALFORMED_KINDS, LocalExchange, read_recording
 from market.schema import KLINE_SCHEMA
+from tests.conftest import FIXTURES
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
-if not FIXTURES.exists():
-    FIXTURES = Path(os.environ.get("FIXTURES_DIR", ROOT / "tests" / "fixtures"))
 RECORDING = FIXTURES / "binance_futures_2021-07-22.ws"
 
 START = 1_700_000_000_000 // 60_000 * 60_000  # a fixed minute boundary
