@@ -1,0 +1,76 @@
+"""The local exchange's configuration, counters and recording reader."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from market.schema import interval_ms
+from market.synthetic import DEFAULT_SYMBOLS, STEP_MS
+
+MALFORMED_KINDS = ("not_json", "missing_fields", "non_numeric", "nan", "misaligned", "unknown_stream")
+ANCHOR_MS = 7 * 86_400_000
+
+
+@dataclass(frozen=True)
+class ExchangeConfig:
+    """How the local exchange runs. ``symbols`` may be a count of the default list."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: pick a free port
+    symbols: tuple[str, ...] | int = DEFAULT_SYMBOLS
+    interval: str = "1m"  # default for history(); streams and REST serve every interval
+    speed: float = 1.0  # sim seconds per real second; 0 or inf: as fast as clients read
+    seed: int = 0
+    replay: str | Path | None = None
+    loop: bool = True  # replay: start over at the end
+    history_minutes: int = 3 * 1440
+    start_time: int | None = None  # ms; default now (floored to 250 ms)
+    ticker_ms: int = 1000
+    rest_forming: bool = True  # REST's last row may be the forming candle, like Binance
+
+    def __post_init__(self) -> None:
+        syms = self.symbols
+        if isinstance(syms, int):
+            syms = DEFAULT_SYMBOLS[:syms]
+        object.__setattr__(self, "symbols", tuple(s.upper() for s in syms))
+        interval_ms(self.interval)
+        if not self.speed >= 0 or self.seed < 0 or self.history_minutes < 0:
+            raise ValueError("speed, seed and history_minutes must be >= 0")
+        if self.ticker_ms <= 0 or self.ticker_ms % STEP_MS:
+            raise ValueError(f"ticker_ms must be a multiple of {STEP_MS}")
+        # now, not the minute's start: at speed 1 the sim clock must match the wall clock
+        start = self.start_time if self.start_time is not None else int(time.time() * 1000)
+        object.__setattr__(self, "start_time", start - start % STEP_MS)
+
+    @property
+    def max_speed(self) -> bool:
+        return self.speed == 0 or math.isinf(self.speed)
+
+
+@dataclass
+class ExchangeStats:
+    """Counters a test or benchmark can read (``ex.stats``)."""
+
+    connections_total: int = 0
+    connections_open: int = 0
+    frames_sent: int = 0  # data frames, malformed ones included
+    malformed_sent: int = 0
+    rest_requests: int = 0
+    refused: int = 0
+
+
+
+def read_recording(path: str | Path) -> tuple[str, list[tuple[float, str]]]:
+    """(url, [(receive time, raw frame), ...]) from a fixtures-format recording."""
+    lines = Path(path).read_text().splitlines()
+    url = lines[0].rpartition(" <-> ")[0]
+    frames = []
+    for line in lines[1:]:
+        ts, sep, raw = line.partition(": ")
+        if sep:
+            frames.append((float(ts), raw))
+    return url, frames
+
