@@ -172,6 +172,12 @@ class Writer:
         return sum(pl.scan_parquet(f).select(pl.len()).collect().item() for f in self._spool_files())
 
     def _recover_spool(self) -> None:
+        # a .tmp is a spool file whose writer was killed mid-write: never renamed, so
+        # never counted as written; its rows died with that process, like its memory
+        if self.spool_dir.exists():
+            for tmp in self.spool_dir.glob("*.parquet.tmp"):
+                log.warning("removing %s, half-written by a process that was killed", tmp)
+                tmp.unlink(missing_ok=True)
         self._spooled_rows = self._count_spooled()
         if self._spooled_rows:
             log.warning("found %d spooled rows from an earlier run in %s", self._spooled_rows, self.spool_dir)

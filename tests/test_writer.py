@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ from polars.testing import assert_frame_equal
 
 import store
 from market.schema import INDICATOR_SCHEMA, KLINE_SCHEMA, TICKER_SCHEMA
-from tests.conftest import random_klines
+from tests.conftest import ROOT, random_klines, wait_for
 
 KEY = ["symbol", "interval", "open_time"]
 
@@ -92,7 +93,8 @@ def test_indicators_are_unique_per_candle(tmp_path):
 
 def test_held_file_keeps_rows_and_reports_then_writes_everything(tmp_path, hold_file):
     db = tmp_path / "m.duckdb"
-    w = store.Writer(db, retry_base=0.01, retry_cap=0.05)
+    # a long backoff, so "a retry is scheduled" is visible however slow the box is
+    w = store.Writer(db, retry_base=30.0, retry_cap=60.0)
     w.add_klines(random_klines(["BTCUSDT"], 1))
     w.flush()
     holder = hold_file(db)
@@ -101,8 +103,13 @@ def test_held_file_keeps_rows_and_reports_then_writes_everything(tmp_path, hold_
         w.add_klines(batches.slice(i, 20))
         assert w.flush(force=True) == 0
     assert w.pending_rows == 80
-    assert "held by process" in w.last_error and w.status().retry_in >= 0
+    st = w.status()
+    assert "held by process" in w.last_error and st.last_error == w.last_error
+    # four failures: the delay doubled up to the 60 s cap, jittered down to no less than half
+    assert 25.0 < st.retry_in <= 60.0
+    assert st.pending_rows == 80 and st.spooled_rows == 0 and st.written_rows == 1
     holder.release()
+    assert w.flush() == 0 and w.pending_rows == 80  # an unforced flush honours the backoff
     assert w.flush(force=True) == 80
     assert w.pending_rows == 0 and w.last_error is None
     assert stored(db).height == 81
@@ -121,7 +128,25 @@ def test_own_process_reader_and_writer_do_not_collide(tmp_path):
     assert w.flush(force=True) == 2
 
 
-def test_memory_is_bounded_by_spooling_and_spool_survives_a_crash(tmp_path, hold_file):
+SPOOLER = textwrap.dedent(
+    """
+    import sys, store
+    from tests.conftest import random_klines
+    import datetime as dt
+    w = store.Writer(sys.argv[1], max_pending_rows=50)
+    data = random_klines(["BTCUSDT", "ETHUSDT", "SOLUSDT"], 2000, start=dt.datetime(2026, 4, 1))
+    while True:  # the same rows again and again: idempotent, so the truth stays `data`
+        for i in range(0, data.height, 25):
+            w.add_klines(data.slice(i, 25))  # every second batch spools (the file is held)
+            w.flush(force=True)
+            if i == 250:
+                print("spooling", flush=True)
+    """
+)
+
+
+def test_memory_is_bounded_by_spooling_and_spool_survives_a_kill(tmp_path, hold_file):
+    """A writer process spooling behind a held file is killed with SIGKILL; nothing spooled is lost."""
     db = tmp_path / "m.duckdb"
     w = store.Writer(db, max_pending_rows=50)
     w.add_klines(random_klines(["BTCUSDT"], 1))
@@ -134,28 +159,45 @@ def test_memory_is_bounded_by_spooling_and_spool_survives_a_crash(tmp_path, hold
     st = w.status()
     assert st.pending_rows == 300 and st.spooled_rows >= 250
     assert len(list(w.spool_dir.glob("*.parquet"))) >= 5
-    # the process "dies" here: a new writer finds the spooled rows and writes them
-    w._spool()  # what close() does with rows it could not write
-    del w
+    del w  # what this writer did not spool dies with it; the kill below is the real test
+
+    proc = subprocess.Popen([sys.executable, "-c", SPOOLER, str(db)], stdout=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "spooling"
+        spool = db.with_name(db.name + ".spool")
+        # kill it while a spool file is being written (a .tmp exists); give up looking after 30 s
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(f.suffix == ".tmp" for f in spool.iterdir()):
+            pass
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    complete = sorted(spool.glob("*.parquet"))
+    spooled = pl.concat([pl.read_parquet(f) for f in complete])
     holder.release()
     w2 = store.Writer(db)
-    assert w2.pending_rows == 300
-    assert w2.flush() == 300
+    assert w2.pending_rows == spooled.height
+    assert w2.flush() == spooled.height
     got = stored(db)
-    assert got.height == 301
-    assert_frame_equal(got.filter(pl.col("open_time") >= dt.datetime(2026, 3, 1)), data.sort(KEY))
-    assert not list(w2.spool_dir.glob("*.parquet"))
+    # everything in a complete spool file is stored once; a half-written one is discarded
+    expected = spooled.unique(KEY, keep="last").sort(KEY)
+    assert_frame_equal(got.filter(pl.col("open_time") >= dt.datetime(2026, 3, 1)), expected)
+    assert_frame_equal(expected.filter(pl.col("open_time") < dt.datetime(2026, 4, 1)), data.sort(KEY))
+    assert expected.filter(pl.col("open_time") >= dt.datetime(2026, 4, 1)).height >= 250
+    assert not list(spool.iterdir())  # nothing left behind, not even a half-written .tmp
 
 
 READER = textwrap.dedent(
     """
     import sys, time, store
-    db, seconds, pause = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    db, queries, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     answered = failed = 0
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    for _ in range(queries):
         try:
-            store.query("SELECT count(*) FROM klines", db=db, timeout=10)
+            store.query("SELECT count(*) FROM klines", db=db, timeout=60)
             answered += 1
         except Exception as exc:
             failed += 1
@@ -167,28 +209,33 @@ READER = textwrap.dedent(
 
 
 def test_reader_process_and_writer_share_the_file(tmp_path):
-    """Another process queries every 100 ms while we flush every 100 ms: all answered, none lost."""
+    """Another process runs 20 queries while we keep flushing: every query answered, no row lost."""
     db = tmp_path / "m.duckdb"
     w = store.Writer(db, retry_base=0.01, retry_cap=0.1)
     data = random_klines([f"S{i}" for i in range(50)], 40)
     w.add_klines(data.slice(0, 50))
     w.flush()
-    proc = subprocess.Popen([sys.executable, "-c", READER, str(db), "4", "0.1"],
+    proc = subprocess.Popen([sys.executable, "-c", READER, str(db), "20", "0.05"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for i in range(50, data.height, 50):
-        w.add_klines(data.slice(i, 50))
+    flushes_while_reading = 0
+    i = 50
+    while proc.poll() is None:  # flush for as long as the reader runs (the same rows again: idempotent)
+        w.add_klines(data.slice(i % data.height, 50))
         w.flush()
-        time.sleep(0.1)
+        flushes_while_reading += 1
+        i += 50
+        time.sleep(0.05)
+    w.add_klines(data)
     w.close()
     out, err = proc.communicate(timeout=60)
     answered, failed = map(int, out.split())
-    assert failed == 0, err
-    assert answered >= 20
+    assert (answered, failed) == (20, 0), err
+    assert flushes_while_reading > 0
     assert_frame_equal(stored(db), data.sort(KEY))
 
 
 def test_long_reader_loses_nothing(tmp_path):
-    """A reader holds the file (here 3 s; the README's minute-long check is the same code path)."""
+    """A reader process holds the file while rows keep coming; they wait in memory, then all land."""
     db = tmp_path / "m.duckdb"
     w = store.Writer(db, retry_base=0.05, retry_cap=0.5)
     data = random_klines(["BTCUSDT", "ETHUSDT"], 200)
@@ -196,12 +243,13 @@ def test_long_reader_loses_nothing(tmp_path):
     w.flush()
     hold = textwrap.dedent(
         """
-        import duckdb, sys, time
+        import duckdb, sys
         con = duckdb.connect(sys.argv[1], read_only=True)
-        print("ready", flush=True); time.sleep(3); con.close()
+        print("ready", flush=True); sys.stdin.readline(); con.close()
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", hold, str(db)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(db)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     stop = threading.Event()
     saw_pending = []
@@ -214,15 +262,29 @@ def test_long_reader_loses_nothing(tmp_path):
 
     t = threading.Thread(target=flusher)
     t.start()
-    for i in range(2, data.height, 2):
-        w.add_klines(data.slice(i, 2))
-        time.sleep(0.02)
-    proc.wait(timeout=30)
-    stop.set()
-    t.join()
+    try:
+        for i in range(2, data.height, 2):
+            w.add_klines(data.slice(i, 2))
+        wait_until(lambda: saw_pending and saw_pending[-1] == data.height - 2, "all rows waiting")
+        assert w.status().written_rows == 2 and "held by process" in w.last_error
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+        wait_until(lambda: w.pending_rows == 0, "the rows written after the reader left")
+    finally:
+        stop.set()
+        t.join()
     w.close()
-    assert max(saw_pending) > 0
+    assert max(saw_pending) == data.height - 2
     assert_frame_equal(stored(db), data.sort(KEY))
+
+
+def wait_until(cond, what: str, timeout: float = 60.0) -> None:
+    """The thread-side twin of conftest.wait_for."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.01)
 
 
 def test_run_flushes_periodically_and_on_cancel(tmp_path):
@@ -232,11 +294,14 @@ def test_run_flushes_periodically_and_on_cancel(tmp_path):
     w = store.Writer(db)
     data = random_klines(["BTCUSDT"], 3)
 
+    def count():
+        return store.query("SELECT count(*) AS n FROM klines", db=db)["n"][0] if db.exists() else 0
+
     async def main():
         task = asyncio.create_task(w.run(every=0.05))
         w.add_klines(data.head(1))
-        await asyncio.sleep(0.5)
-        assert store.query("SELECT count(*) AS n FROM klines", db=db)["n"][0] == 1
+        await wait_for(lambda: w.status().flushes >= 1, timeout=60, what="a periodic flush")
+        assert count() == 1
         w.add_klines(data.tail(2))
         task.cancel()
         try:
