@@ -47,6 +47,7 @@ class IngestConfig:
     keep: int = 2000
     watchdog: float = 20.0
     queue_size: int = 1024
+    max_pending_rows: int = 1_000_000  # rows held in memory while the file is busy, then spooled
 
     def preset(self) -> Preset:
         if self.ws_url or self.rest_url:
@@ -81,7 +82,8 @@ class Pipeline:
     def __init__(self, config: IngestConfig, *, writer: Writer | None = None) -> None:
         self.config = config
         self.db = resolve_db(config.db)
-        self.writer = writer or Writer(self.db, market=config.preset().market)
+        self.writer = writer or Writer(self.db, market=config.preset().market,
+                                       max_pending_rows=config.max_pending_rows)
         self.state = LiveState(list(config.symbols), config.interval, keep=config.keep)
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=config.queue_size)
         self.feed = Feed(config.feed_config(), self.queue, last_closed=self.state.last_closed)
@@ -174,11 +176,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[IngestConfig, float | Non
     p.add_argument("--lookback", type=int, default=1000, help="candles to fetch for a symbol never stored")
     p.add_argument("--flush-every", type=float, default=1.0, help="seconds between database flushes")
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between status lines")
+    # for the crash suite: spool to Parquet after a few rows instead of a million
+    p.add_argument("--max-pending", type=int, default=1_000_000, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     symbols = tuple(s.strip().upper() for s in a.symbols.split(",") if s.strip()) if a.symbols else DEFAULT_SYMBOLS
     config = IngestConfig(
         db=a.db, symbols=symbols, interval=a.interval, exchange=a.exchange, ws_url=a.ws_url,
         rest_url=a.rest_url, backfill=not a.no_backfill, lookback=a.lookback, flush_every=a.flush_every,
+        max_pending_rows=a.max_pending,
     )
     config.feed_config()  # validate presets, URLs and interval before starting
     return config, a.duration, a.log_every
