@@ -83,7 +83,7 @@ class Skip(NamedTuple):
 
 
 REJECT_REASONS = frozenset({"not_json", "not_object", "missing_field", "bad_number",
-                            "misaligned_time", "bad_interval", "unrequested_symbol"})
+                            "misaligned_time", "bad_interval", "unrequested_symbol", "bad_symbol"})
 IGNORE_REASONS = frozenset({"control", "unknown_stream"})
 #: ``Skip("control", SERVER_SHUTDOWN)``: spot's notice that the server will close the socket.
 SERVER_SHUTDOWN = "serverShutdown"
@@ -134,6 +134,10 @@ _loads = orjson.loads
 _new = tuple.__new__
 _INF = math.inf
 _INTERVALS = INTERVAL_MS
+# Bounds that keep times and counts inside Int64 once ms become us (x1000):
+# 10**13 ms is the year 2286; no exchange counts 2**62 trades.
+_MAX_MS = 10**13
+_MAX_COUNT = 2**62
 _KLINE_KEYS = ("t", "T", "i", "o", "h", "l", "c", "v", "q", "n", "V", "Q", "x")
 _TICKER_KEYS = ("E", "c", "p", "P", "o", "h", "l", "v", "q", "n")
 
@@ -147,14 +151,50 @@ def _is_int(value: object) -> bool:
     return value.__class__ is int
 
 
+def _good_symbol(s: str) -> bool:
+    """Binance symbols are non-empty upper-case ASCII letters and digits (``1000PEPEUSDT``)."""
+    return s.isascii() and s.isalnum() and s.isupper()
+
+
+def refusal_text(body: bytes | str | None, limit: int = 200) -> str:
+    """What an HTTP refusal's body says, in one line ("" when it says nothing useful).
+
+    Binance answers a blocked region with JSON (HTTP 451 or 403)::
+
+        {"code":0,"msg":"Service unavailable from a restricted location according to
+         'b. Eligibility' in https://www.binance.com/en/terms. Please contact customer
+         service if you believe you received this message in error."}
+
+    which gives its ``msg``. Short plain text is returned as is; HTML (a captive
+    portal, a proxy's page) and binary give "".
+    """
+    if not body:
+        return ""
+    try:
+        doc = _loads(body)
+    except (ValueError, TypeError):
+        doc = None
+    if doc.__class__ is dict and doc.get("msg").__class__ is str:
+        text = doc["msg"]
+    else:
+        try:
+            text = body.decode("utf-8") if isinstance(body, bytes) else str(body)
+        except UnicodeDecodeError:
+            return ""
+        if "<" in text or len(text) > 4 * limit:
+            return ""
+    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
 def _candle_problem(i, t, T, o, h, l, c, v, q, n, V, Q) -> tuple[str, str]:
     """Slow path: which rule a candle breaks (raw field values in, reason and detail out)."""
     ims = _INTERVALS.get(i) if isinstance(i, str) else None
     if ims is None:
         return "bad_interval", f"interval {_snippet(i)} is not one of {', '.join(_INTERVALS)}"
-    for key, val in (("open_time", t), ("close_time", T), ("trades", n)):
-        if not _is_int(val) or val < 0:
-            return "bad_number", f"{key}={_snippet(val)} is not a non-negative integer"
+    for key, val, top in (("open_time", t, _MAX_MS), ("close_time", T, _MAX_MS), ("trades", n, _MAX_COUNT)):
+        if not _is_int(val) or not 0 <= val < top:
+            return "bad_number", f"{key}={_snippet(val)} is not an integer in [0, {top})"
     num = {}
     for key, val in (("open", o), ("high", h), ("low", l), ("close", c), ("volume", v),
                      ("quote_volume", q), ("taker_buy_volume", V),
@@ -179,9 +219,9 @@ def _ticker_problem(d: dict) -> tuple[str, str]:
     for key in _TICKER_KEYS:
         if key not in d:
             return "missing_field", f"ticker {_snippet(d.get('s'))} lacks {key!r}"
-    for key in ("E", "n"):
-        if not _is_int(d[key]) or d[key] < 0:
-            return "bad_number", f"{key}={_snippet(d[key])} is not a non-negative integer"
+    for key, top in (("E", _MAX_MS), ("n", _MAX_COUNT)):
+        if not _is_int(d[key]) or not 0 <= d[key] < top:
+            return "bad_number", f"{key}={_snippet(d[key])} is not an integer in [0, {top})"
     num = {}
     for key in ("c", "p", "P", "o", "h", "l", "v", "q"):
         try:
@@ -272,8 +312,11 @@ class Parser:
             s = d["s"]
             if s.__class__ is not str:
                 raise TypeError
-            if symbols is not None and s not in symbols:
-                return self.counter.reject("unrequested_symbol", s)
+            if symbols is None:
+                if not _good_symbol(s):
+                    return self.counter.reject("bad_symbol", f"kline symbol {_snippet(s)!r}")
+            elif s not in symbols:
+                return self.counter.reject("unrequested_symbol", _snippet(s))
             k = d["k"]
             i = k["i"]
             t = k["t"]
@@ -292,7 +335,8 @@ class Parser:
             ims = _INTERVALS.get(i)
             if (ims is not None and t.__class__ is int and T.__class__ is int
                     and n.__class__ is int and E.__class__ is int and x.__class__ is bool
-                    and not t % ims and T == t + ims - 1 and n >= 0 and E >= 0
+                    and not t % ims and T == t + ims - 1 and 0 <= t < _MAX_MS
+                    and 0 <= n < _MAX_COUNT and 0 <= E < _MAX_MS
                     and 0.0 < l <= o <= h < _INF and l <= c <= h
                     and 0.0 <= v < _INF and 0.0 <= q < _INF
                     and 0.0 <= V < _INF and 0.0 <= Q < _INF):
@@ -313,8 +357,8 @@ class Parser:
                 return "missing_field", f"{s} kline lacks k.{key}"
         if not _is_int(d.get("E")):
             return "missing_field", f"{s} kline lacks an integer event time 'E'"
-        if d["E"] < 0:
-            return "bad_number", f"{s} kline event time E={d['E']} is negative"
+        if not 0 <= d["E"] < _MAX_MS:
+            return "bad_number", f"{s} kline event time E={_snippet(d['E'])} is out of range"
         if k["x"].__class__ is not bool:
             return "bad_number", f"{s} kline x={_snippet(k['x'])} is not a boolean"
         reason, detail = _candle_problem(k["i"], k["t"], k["T"], k["o"], k["h"], k["l"],
@@ -326,9 +370,12 @@ class Parser:
             s = d["s"]
             if s.__class__ is not str:
                 raise TypeError
-            if self._symbols is not None and s not in self._symbols:
+            if self._symbols is None:
+                if not _good_symbol(s):
+                    return self.counter.reject("bad_symbol", f"ticker symbol {_snippet(s)!r}")
+            elif s not in self._symbols:
                 # Array payloads carry every symbol: dropping the others is expected.
-                return None if quiet_filter else self.counter.reject("unrequested_symbol", s)
+                return None if quiet_filter else self.counter.reject("unrequested_symbol", _snippet(s))
             E = d["E"]
             c = float(d["c"])
             p = float(d["p"])
@@ -339,7 +386,7 @@ class Parser:
             v = float(d["v"])
             q = float(d["q"])
             n = d["n"]
-            if (E.__class__ is int and n.__class__ is int and E >= 0 and n >= 0
+            if (E.__class__ is int and n.__class__ is int and 0 <= E < _MAX_MS and 0 <= n < _MAX_COUNT
                     and 0.0 < l <= h < _INF and 0.0 < c < _INF and 0.0 < o < _INF
                     and -_INF < p < _INF and -_INF < P < _INF
                     and 0.0 <= v < _INF and 0.0 <= q < _INF):
@@ -397,11 +444,14 @@ def parse_rest_klines(rows: list[list], symbol: str, interval: str,
     ``closed_before`` is None. ``closed_before`` (ms) silently drops rows whose
     close_time is at or after it: the last row of a page is usually the candle still
     in progress. Microsecond timestamps (spot with ``timeUnit=MICROSECOND``) are
-    detected and converted. An unknown ``interval`` is a ValueError.
+    detected and converted. An unknown ``interval`` or a symbol that is not letters
+    and digits is a ValueError.
     """
     ims = interval_ms(interval)
     counter = counter if counter is not None else RejectCounter()
-    sym = symbol.upper()
+    sym = symbol.upper() if isinstance(symbol, str) else symbol
+    if not isinstance(sym, str) or not _good_symbol(sym):
+        raise ValueError(f"symbol {symbol!r} is not letters and digits (e.g. BTCUSDT)")
     out: list[Kline] = []
     for row in rows:
         try:
@@ -411,7 +461,8 @@ def parse_rest_klines(rows: list[list], symbol: str, interval: str,
             fo, fh, fl, fc = float(o), float(h), float(l), float(c)
             fv, fq, fV, fQ = float(v), float(q), float(V), float(Q)
             if (t.__class__ is int and T.__class__ is int and n.__class__ is int
-                    and not t % ims and T == t + ims - 1 and n >= 0
+                    and not t % ims and T == t + ims - 1 and 0 <= t < _MAX_MS
+                    and 0 <= n < _MAX_COUNT
                     and 0.0 < fl <= fo <= fh < _INF and fl <= fc <= fh
                     and 0.0 <= fv < _INF and 0.0 <= fq < _INF
                     and 0.0 <= fV < _INF and 0.0 <= fQ < _INF):
@@ -419,11 +470,12 @@ def parse_rest_klines(rows: list[list], symbol: str, interval: str,
                     out.append(_new(Kline, (sym, interval, t, T, fo, fh, fl, fc, fv, fq, n,
                                             fV, fQ, True, T)))
                 continue
-        except (TypeError, ValueError):
-            if not isinstance(row, (list, tuple)) or len(row) < 11:
-                counter.reject("missing_field", f"REST {sym} row {_snippet(row)}: "
-                               "expected a list of 12 fields")
-                continue
+        except (TypeError, ValueError, KeyError):
+            pass
+        if not isinstance(row, (list, tuple)) or len(row) < 11:
+            counter.reject("missing_field", f"REST {sym} row {_snippet(row)}: "
+                           "expected a list of 12 fields")
+            continue
         reason, detail = _candle_problem(interval, *(row[j] for j in (0, 6, 1, 2, 3, 4, 5,
                                                                      7, 8, 9, 10)))
         counter.reject(reason, f"REST {sym} row: {detail}")

@@ -111,16 +111,47 @@ def custom_preset(ws_base: str, rest_base: str, like: str = DEFAULT_PRESET, *, m
     return replace(base, name="custom", ws_base=ws, rest_base=rest, market=market or base.market)
 
 
-def region_block_message(preset_name: str, status: int) -> str:
-    """Plain words for an HTTP 451/403 (or redirect) on the handshake or REST call."""
-    others = [name for name in PRESETS if name != preset_name]
-    tries = [f"--exchange {n}" + (" (for US users)" if n == "binance-us" else "")
-             for n in sorted(others, key=lambda n: n != "binance-us")]
-    return (
-        f"Binance refused the connection (HTTP {status}): this usually means the exchange "
-        f"is not available from your region. Try {', '.join(tries)}, "
-        "or --demo to use the local exchange."
-    )
+#: The flags every command that talks to Binance has; the dashboard adds "--demo".
+COMMON_FLAGS: tuple[str, ...] = ("--exchange",)
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """One line, at most ``limit`` characters: a server's words go into our status line."""
+    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def region_block_message(preset_name: str, status: int, *, location: str | None = None,
+                         flags: Sequence[str] = COMMON_FLAGS, detail: str | None = None) -> str:
+    """Plain words for an HTTP 451/403 or a 3xx redirect on the handshake or a REST call.
+
+    ``location``: a redirect's Location header (we never follow it: a stream that
+    sends us elsewhere is a region block, a proxy or a captive portal, not Binance).
+    ``flags``: the options the running command has; only those are suggested
+    (``python -m store.ingest`` has ``--exchange``, the dashboard also ``--demo``).
+    ``detail``: what the server said, e.g. Binance's "Service unavailable from a
+    restricted location ..." (see ``market.binance.refusal_text``). Only presets other
+    than ``preset_name`` are named.
+    """
+    if 300 <= status < 400:
+        where = _printable(location) if location else "nowhere (no Location header)"
+        head = (f"the exchange redirected the connection (HTTP {status}) to {where}, which we do not follow: "
+                "this usually means a region block, a proxy or a captive portal")
+    else:
+        said = f': "{_printable(detail)}"' if detail else ""
+        head = (f"Binance refused the connection (HTTP {status}){said}: this usually means the exchange "
+                "is not available from your region (a region block)")
+    tries: list[str] = []
+    if "--exchange" in flags:
+        others = sorted((n for n in PRESETS if n != preset_name), key=lambda n: n != "binance-us")
+        tries = [f"--exchange {n}" + (" (for US users)" if n == "binance-us" else "") for n in others]
+    if "--demo" in flags:
+        tries.append("--demo to use the local exchange")
+    if not tries:
+        return head + "."
+    if len(tries) > 1:
+        tries[-1] = "or " + tries[-1]
+    return f"{head}. Try {', '.join(tries)}."
 
 
 # --------------------------------------------------------------------------- streams

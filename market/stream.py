@@ -23,10 +23,11 @@ from collections.abc import Callable
 
 import polars as pl
 import websockets
+import websockets.asyncio.client
 from websockets.exceptions import InvalidStatus, InvalidURI
 
-from market.binance import Kline, Parser, Skip, Ticker
-from market.presets import Preset, region_block_message
+from market.binance import Kline, Parser, Skip, Ticker, refusal_text
+from market.presets import COMMON_FLAGS, Preset, region_block_message
 
 log = logging.getLogger("market.stream")
 
@@ -49,6 +50,9 @@ class FeedConfig:
     backfill: bool = True
     lookback: int = 1000  # candles to fetch for a symbol the store has never seen
     first_event_wait: float = 5.0  # s to wait for the server clock before backfilling
+    #: the running command's options, so a refusal suggests only flags it has; the
+    #: default is the dashboard's, store.ingest (no --demo) passes its own
+    flags: tuple[str, ...] = (*COMMON_FLAGS, "--demo")
 
 
 @dataclasses.dataclass
@@ -78,6 +82,7 @@ class ConnectionStatus:
     last_event_ms: int | None = None
     messages: int = 0
     reconnects: int = 0
+    last_error: str = ""  # why the last attempt failed; kept while the next one runs
 
 
 class Connection:
@@ -116,7 +121,11 @@ class Connection:
                 self.status.state, self.status.reason = "offline", "stopped"
                 raise
             except BaseException as exc:  # noqa: BLE001 - every failure means: reconnect
-                reason = self._explain(_unwrap(exc))
+                exc = _unwrap(exc)
+                reason = self._explain(exc)
+                refused = _refusal_status(exc) is not None
+            else:
+                refused = False
             healthy = (
                 self.status.connected_at is not None
                 and time.monotonic() - started >= self.config.healthy_after
@@ -125,9 +134,11 @@ class Connection:
             self._failures = 0 if healthy else self._failures + 1
             scheduled = self._stale_reason.startswith("scheduled")
             delay = 0.0 if scheduled else self._delay()
-            offline = self._failures >= 3 or "region" in reason
+            offline = self._failures >= 3 or refused
             self.status.state = "offline" if offline else "reconnecting"
             self.status.reason = self._stale_reason or reason
+            if not scheduled:
+                self.status.last_error = self.status.reason
             self.status.retry_at = time.monotonic() + delay
             self.status.connected_at = None
             self.status.reconnects += 1
@@ -140,9 +151,12 @@ class Connection:
 
     def _explain(self, exc: BaseException) -> str:
         if isinstance(exc, InvalidStatus):
-            status = exc.response.status_code
-            if status in (451, 403) or 300 <= status < 400:
-                return region_block_message(self.config.preset.name, status)
+            response = exc.response
+            status = response.status_code
+            if _refusal_status(exc) is not None:
+                return region_block_message(
+                    self.config.preset.name, status, location=response.headers.get("Location"),
+                    flags=self.config.flags, detail=refusal_text(response.body))
             return f"the exchange refused the connection (HTTP {status})"
         if isinstance(exc, InvalidURI):
             return f"bad stream URL {self.url}: {exc}"
@@ -156,7 +170,7 @@ class Connection:
 
     async def _session(self) -> None:
         self.status.state, self.status.reason = "connecting", ""
-        async with websockets.connect(
+        async with _NoRedirects(
             # close_timeout: a closing handshake behind a full receive queue waits it out
             self.url, open_timeout=self.config.open_timeout, close_timeout=1.0, max_size=2**22, compression=None,
         ) as ws:
@@ -250,6 +264,29 @@ class Connection:
             log.warning("%s: %s", self.url, self._stale_reason)
             ws.transport.abort() if self._stale_reason.startswith("no data") else await ws.close()
             return
+
+
+class _NoRedirects(websockets.asyncio.client.connect):
+    """``websockets.connect`` that follows no redirect.
+
+    websockets follows a 3xx to another ws:// or wss:// URL (up to 10 times) and
+    fails with a misleading "bad URI" on an https:// one. Binance never redirects
+    its streams: a redirect means a region block, a proxy or a captive portal, and
+    another ws host is not Binance either. So the InvalidStatus reaches
+    ``Connection._explain``, which says where we were sent.
+    """
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
+def _refusal_status(exc: BaseException) -> int | None:
+    """The HTTP status of a handshake refused by a region block (451/403) or a redirect."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status in (451, 403) or 300 <= status < 400:
+            return status
+    return None
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -66,9 +66,17 @@ def test_custom_preset():
 
 
 def test_region_block_message():
+    # default: the flags every command has (store.ingest has no --demo)
     msg = presets.region_block_message("binance-futures", 451)
-    assert "HTTP 451" in msg and "region" in msg and "--demo" in msg
+    assert "HTTP 451" in msg and "region" in msg and "--demo" not in msg
     assert "--exchange binance-us (for US users)" in msg
     assert "binance-spot" in msg and "--exchange binance-futures " not in msg + " "
-    us = presets.region_block_message("binance-us", 403)
+    us = presets.region_block_message("binance-us", 403, flags=("--exchange", "--demo"))
     assert "HTTP 403" in us and "binance-us" not in us and "binance-futures" in us
+    assert us.endswith("or --demo to use the local exchange.")
+    assert presets.region_block_message("binance-spot", 451, flags=()).endswith("(a region block).")
+    moved = presets.region_block_message("binance-futures", 302, location="https://www.binance.com/en/x\r\nSet-Cookie: a")
+    assert "HTTP 302" in moved and "https://www.binance.com/en/x Set-Cookie: a" in moved
+    assert "region block, a proxy or a captive portal" in moved and "\n" not in moved
+    said = presets.region_block_message("binance-futures", 451, detail="Service unavailable from a restricted location")
+    assert '(HTTP 451): "Service unavailable from a restricted location"' in said
