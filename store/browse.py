@@ -17,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from market.schema import INTERVAL_MS as _STEPS
 from store.sandbox import DEFAULT_TIMEOUT, run
 
 Db = str | os.PathLike[str] | None
@@ -171,3 +172,45 @@ def candles(
 
 
 __all__ = ["NO_VALUE", "OPERATORS", "Filter", "Page", "candles", "columns", "export", "page", "tables"]
+
+
+def coverage(*, db: Db = None, timeout: float = DEFAULT_TIMEOUT) -> pl.DataFrame:
+    """Per symbol and interval: first and last candle, candles stored, candles missing, gaps."""
+    return run(
+        """SELECT symbol, interval, min(open_time) AS first, max(open_time) AS last, count(*) AS candles,
+                  (epoch_ms(max(open_time)) - epoch_ms(min(open_time)))
+                    // any_value(step) + 1 - count(*) AS missing,
+                  count(*) FILTER (WHERE gap) AS gaps
+           FROM (SELECT symbol, interval, open_time, s.step,
+                        lead(open_time) OVER (PARTITION BY symbol, interval ORDER BY open_time)
+                          - open_time > to_milliseconds(s.step) AS gap
+                 FROM klines JOIN (SELECT unnest(?::VARCHAR[]) AS iv, unnest(?::BIGINT[]) AS step) s
+                   ON klines.interval = s.iv)
+           GROUP BY symbol, interval ORDER BY symbol, interval""",
+        [list(_STEPS), list(_STEPS.values())],
+        db=db, timeout=timeout, max_rows=100_000,
+    ).frame
+
+
+def gaps(symbol: str, interval: str, *, db: Db = None, limit: int = 10_000,
+         timeout: float = DEFAULT_TIMEOUT) -> pl.DataFrame:
+    """Holes of one symbol and interval; ``at_exchange`` when REST confirmed them empty."""
+    if interval not in _STEPS:
+        raise ValueError(f"unknown interval {interval!r}; use one of {', '.join(_STEPS)}")
+    step = _STEPS[interval]
+    return run(
+        """WITH g AS (
+             SELECT open_time + to_milliseconds(?) AS gap_start, next_open AS gap_end,
+                    (epoch_ms(next_open) - epoch_ms(open_time)) // ? - 1 AS missing
+             FROM (SELECT open_time, lead(open_time) OVER (ORDER BY open_time) AS next_open
+                   FROM klines WHERE symbol = ? AND interval = ?)
+             WHERE epoch_ms(next_open) - epoch_ms(open_time) > ?)
+           SELECT g.*, EXISTS (SELECT 1 FROM empty_ranges e
+                               WHERE e.symbol = ? AND e.interval = ?
+                                 AND e.start_time <= g.gap_start AND e.end_time >= g.gap_end) AS at_exchange
+           FROM g ORDER BY gap_start LIMIT ?""",
+        [step, step, symbol, interval, step, symbol, interval, limit],
+        db=db, timeout=timeout, max_rows=limit,
+    ).frame
+
+__all__ += ["coverage", "gaps"]

@@ -95,3 +95,28 @@ def test_arbitrary_filters_never_crash(db, column, op, value):
         assert p.frame.height <= 5
     except (ValueError, store.StoreError) as exc:
         assert str(exc)
+
+
+def test_coverage_and_gaps(tmp_path):
+    path = tmp_path / "g.duckdb"
+    frame = random_klines(["BTCUSDT", "ETHUSDT"], 300, start=START)
+    holed = frame.filter(~((pl.col("symbol") == "ETHUSDT") & pl.col("open_time").dt.minute().is_in([5, 6, 7])))
+    w = store.Writer(path, market="binance-futures")
+    w.add_klines(holed)
+    w.flush()
+    cov = browse.coverage(db=path)
+    assert cov.select("symbol", "candles", "missing", "gaps").rows() == [("BTCUSDT", 300, 0, 0), ("ETHUSDT", 285, 15, 5)]
+    g = browse.gaps("ETHUSDT", "1m", db=path)
+    assert g.height == 5 and g["missing"].to_list() == [3] * 5
+    assert g["gap_start"][0] == START + dt.timedelta(minutes=5)
+    assert not g["at_exchange"].any()
+    # a range REST confirmed empty turns that gap into "missing at the exchange"
+    import duckdb
+
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO empty_ranges VALUES ('ETHUSDT', '1m', ?, ?, now())",
+                [START + dt.timedelta(minutes=5), START + dt.timedelta(minutes=8)])
+    con.close()
+    assert browse.gaps("ETHUSDT", "1m", db=path)["at_exchange"].to_list() == [True, False, False, False, False]
+    with pytest.raises(ValueError, match="unknown interval"):
+        browse.gaps("ETHUSDT", "7m", db=path)
