@@ -1,0 +1,153 @@
+"""Bulk loads: whole files of candles in one statement each, and their indicators.
+
+The live writer (store/writer.py) queues small batches and opens the file per
+flush; an import has millions of rows ready at once, so it holds the file for
+one symbol+interval at a time (others get in between series), writes each dump
+file in its own transaction (all or nothing per file) with the writer's key
+rule (delete the file's keys, insert; newest wins), and then brings the
+``indicators`` of that series up to date.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import random
+import time
+from collections.abc import Iterator
+
+import duckdb
+import polars as pl
+
+from market.indicators import add_indicators, add_signal
+from market.schema import INDICATOR_SCHEMA, KLINE_SCHEMA
+from store.db import StoreError, StoreLocked, claim_market, gate, migrate, open_file, resolve_db
+
+#: Indicator values within this many points (RSI and StochRSI run 0..100) of the
+#: stored ones are left alone: recomputing with more history ahead of them moves
+#: later values by (13/14)^n, which falls below this ~370 candles after the seam.
+SAME = 1e-12
+
+
+@contextlib.contextmanager
+def session(
+    db: str | os.PathLike[str] | None, market: str | None, *, timeout: float = 30.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection held for one series' import; waits up to ``timeout`` s for the file."""
+    path = resolve_db(db)
+    g = gate(path)
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        if g.try_write():
+            try:
+                con = open_file(path, read_only=False)
+                break
+            except StoreLocked:
+                g.end_write()
+                if time.monotonic() > deadline:
+                    raise
+            except BaseException:
+                g.end_write()
+                raise
+        elif time.monotonic() > deadline:
+            raise StoreLocked(f"{path} stayed busy in this process for {timeout:g} s")
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(delay * 2, 0.5)
+    try:
+        try:
+            migrate(con, str(path))
+            if market is not None:
+                claim_market(con, market, path)
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot use {path}: {exc}") from exc
+        yield con
+    finally:
+        con.close()
+        g.end_write()
+
+
+def _replace(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, schema: dict) -> int:
+    """Delete ``frame``'s keys from ``table`` and insert ``frame``; returns how many rows were deleted.
+
+    ``frame`` holds one symbol and interval; the time range bound lets DuckDB skip
+    row groups by their min/max instead of scanning the table.
+    """
+    symbol, interval = frame["symbol"][0], frame["interval"][0]
+    lo, hi = frame["open_time"].min(), frame["open_time"].max()
+    cols = ", ".join(f'"{c}"' for c in schema)
+    con.register("batch", frame.select(list(schema)).to_arrow())
+    try:
+        deleted = con.execute(
+            f"DELETE FROM {table} WHERE symbol = ? AND interval = ? AND open_time BETWEEN ? AND ? "
+            "AND open_time IN (SELECT open_time FROM batch)",
+            [symbol, interval, lo, hi],
+        ).fetchone()[0]
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM batch")
+    finally:
+        con.unregister("batch")
+    return int(deleted)
+
+
+def load_klines(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int:
+    """Store one file's candles (one symbol+interval, unique open_time) in one transaction.
+
+    Returns how many stored candles they replaced. Nothing is kept on failure.
+    """
+    if frame.height == 0:
+        return 0
+    try:
+        con.execute("BEGIN")
+        replaced = _replace(con, "klines", frame, KLINE_SCHEMA)
+        con.execute("COMMIT")
+        return replaced
+    except duckdb.Error as exc:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise StoreError(f"writing candles failed: {exc}") from exc
+
+
+def refresh_indicators(
+    con: duckdb.DuckDBPyConnection, symbol: str, interval: str, since: dt.datetime
+) -> int:
+    """Recompute ``symbol``/``interval``'s indicators over its whole stored history.
+
+    Rows before ``since`` (the first imported candle) cannot change, since
+    indicators only look back; from ``since`` on, rows that differ from the stored
+    ones by more than ``SAME`` (or have none) are written: the imported candles,
+    and the later ones whose RSI moves because older history now precedes them.
+    Returns how many indicator rows were written.
+    """
+    try:
+        closes = con.sql(
+            "SELECT symbol, interval, open_time, close FROM klines "
+            "WHERE symbol = ? AND interval = ? ORDER BY open_time",
+            params=[symbol, interval],
+        ).pl()
+        stored = con.sql(
+            "SELECT open_time, rsi, stoch_k, stoch_d, signal, true AS _stored FROM indicators "
+            "WHERE symbol = ? AND interval = ? AND open_time >= ?",
+            params=[symbol, interval, since],
+        ).pl().unique("open_time", keep="last")
+    except duckdb.Error as exc:
+        raise StoreError(f"reading {symbol} {interval} for indicators failed: {exc}") from exc
+    fresh = add_signal(add_indicators(closes)).filter(pl.col("open_time") >= since)
+    both = fresh.join(stored.cast({"open_time": fresh.schema["open_time"]}), on="open_time",
+                      how="left", suffix="_old")
+    differs = pl.col("_stored").is_null() | pl.col("signal").ne_missing(pl.col("signal_old"))
+    for col in ("rsi", "stoch_k", "stoch_d"):
+        new, old = pl.col(col), pl.col(f"{col}_old")
+        differs |= new.is_null().ne(old.is_null()) | ((new - old).abs() > SAME).fill_null(False)
+    changed = both.filter(differs).select(list(INDICATOR_SCHEMA)).cast(INDICATOR_SCHEMA)
+    if changed.height == 0:
+        return 0
+    try:
+        con.execute("BEGIN")
+        _replace(con, "indicators", changed, INDICATOR_SCHEMA)
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
+        raise StoreError(f"writing indicators of {symbol} {interval} failed: {exc}") from exc
+    return changed.height
