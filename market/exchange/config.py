@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from market.exchange.limits import parse_window
 from market.schema import interval_ms
 from market.synthetic import DEFAULT_SYMBOLS, STEP_MS
 
@@ -30,6 +31,13 @@ class ExchangeConfig:
     start_time: int | None = None  # ms; default now (floored to 250 ms)
     ticker_ms: int = 1000
     rest_forming: bool = True  # REST's last row may be the forming candle, like Binance
+    # REST request weight (market.exchange.limits): always counted and reported in
+    # X-MBX-USED-WEIGHT-*; 429 / 418 only when enforced
+    enforce_weights: bool = False
+    futures_weight_limit: int = 2400
+    spot_weight_limit: int = 6000
+    weight_window: str = "1m"  # "1m", "10s", ...: the window and the header's suffix
+    ban_seconds: float = 120.0  # how long a 418 lasts
 
     def __post_init__(self) -> None:
         syms = self.symbols
@@ -39,6 +47,9 @@ class ExchangeConfig:
         interval_ms(self.interval)
         if not self.speed >= 0 or self.seed < 0 or self.history_minutes < 0:
             raise ValueError("speed, seed and history_minutes must be >= 0")
+        parse_window(self.weight_window)
+        if self.futures_weight_limit < 1 or self.spot_weight_limit < 1 or not self.ban_seconds >= 0:
+            raise ValueError("weight limits must be >= 1 and ban_seconds >= 0")
         if self.ticker_ms <= 0 or self.ticker_ms % STEP_MS:
             raise ValueError(f"ticker_ms must be a multiple of {STEP_MS}")
         # now, not the minute's start: at speed 1 the sim clock must match the wall clock
@@ -59,7 +70,11 @@ class ExchangeStats:
     frames_sent: int = 0  # data frames, malformed ones included
     malformed_sent: int = 0
     rest_requests: int = 0
-    refused: int = 0
+    refused: int = 0  # WebSocket handshakes refused
+    redirected: int = 0  # handshakes and REST requests answered with a redirect
+    http_429: int = 0  # REST answers 429 (over the weight budget, or rest_fail)
+    http_418: int = 0  # REST answers 418 (ignored a Retry-After: banned, or rest_fail)
+    http_5xx: int = 0  # REST answers 5xx (rest_fail, rest_errors)
 
 
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import asdict
 from typing import Any
 
 from websockets.http11 import Response
 
+from market.exchange.limits import WeightBudget
 from market.exchange.responses import json_response as _json
+
+# Where a redirect fault points: the page Binance sends restricted regions to.
+DEFAULT_LOCATION = "https://www.binance.com/en/restricted-location"
 
 
 class Faults:
@@ -58,11 +63,63 @@ class Faults:
         """The next n REST requests answer ``status`` with a Retry-After header."""
         self._rest_fail = (int(n), int(status), retry_after)
 
+    def rest_errors(self, fraction: float, status: int = 503) -> None:
+        """Answer ``status`` (5xx) to that fraction of REST requests, drawn from a seeded RNG."""
+        if not 0 <= fraction <= 1:
+            raise ValueError("fraction must be in [0, 1]")
+        self._rest_errors = (float(fraction), int(status))
+
+    def rest_latency(self, seconds: float) -> None:
+        """Hold every REST answer back ``seconds`` (slow answers; 0: none)."""
+        if not seconds >= 0:
+            raise ValueError("seconds must be >= 0")
+        self._rest_latency = float(seconds)
+
+    def redirect(self, seconds: float, status: int = 302, location: str = DEFAULT_LOCATION,
+                 scope: str = "all") -> None:
+        """Answer handshakes (scope "ws"), REST requests ("rest") or both ("all") with a
+        ``status`` redirect to ``location`` for ``seconds``: how a region block can look."""
+        if not 300 <= int(status) < 400 or scope not in ("ws", "rest", "all"):
+            raise ValueError("status must be 3xx and scope one of ws, rest, all")
+        scopes = ("ws", "rest") if scope == "all" else (scope,)
+        self._redirect = (time.monotonic() + seconds, int(status), location, scopes)
+
+    def delist(self, symbols: list[str] | tuple[str, ...]) -> None:
+        """REST answers 400 {"code": -1121, "msg": "Invalid symbol."} for these symbols
+        (as Binance does for a delisted or unknown one); exchangeInfo and ticker omit them."""
+        self._delisted = {s.upper() for s in symbols if s}
+
+    def rate_limits(self, on: bool = True, futures: int | None = None, spot: int | None = None,
+                    window: str | None = None, ban_seconds: float | None = None) -> None:
+        """Enforce (or not) the REST weight budgets; optionally change them. Clears bans."""
+        self._weights = dict(
+            futures=futures or self._weights["futures"], spot=spot or self._weights["spot"],
+            window=window or self._weights["window"],
+            ban_seconds=self._weights["ban_seconds"] if ban_seconds is None else ban_seconds)
+        self.budgets = {
+            True: WeightBudget(self._weights["futures"], self._weights["window"], self._weights["ban_seconds"], on),
+            False: WeightBudget(self._weights["spot"], self._weights["window"], self._weights["ban_seconds"], on)}
+
     def reset_faults(self) -> None:
+        """Every fault off; the weight budgets keep their settings but forget bans and counts."""
         self._end_stall()
         self._refuse_until, self._duplicate, self._late_ms, self._rest_fail = 0.0, False, 0, (0, 429, 1.0)
+        self._rest_errors, self._rest_latency, self._delisted = (0.0, 503), 0.0, set()
+        self._redirect = (0.0, 302, DEFAULT_LOCATION, ())
+        for budget in self.budgets.values():
+            budget.clear()
         for conn in self._conns:
             conn.malformed = 0
+
+    def _init_faults(self) -> None:
+        cfg = self.config
+        self._weights = dict(futures=cfg.futures_weight_limit, spot=cfg.spot_weight_limit,
+                             window=cfg.weight_window, ban_seconds=cfg.ban_seconds)
+        self.rate_limits(cfg.enforce_weights)
+        self._fault_rng = random.Random(cfg.seed)
+        self._stall_handle = None
+        self._malformed_seq = 0
+        self.reset_faults()
 
     def _control(self, name: str, q: dict[str, str]) -> Response:
         on = lambda key: q.get(key, "true").lower() in ("1", "true", "yes", "on")  # noqa: E731
@@ -83,10 +140,25 @@ class Faults:
                 self.late_finals(float(q.get("seconds", 5)))
             elif name == "rest_fail":
                 self.rest_fail(int(q.get("n", 1)), int(q.get("status", 429)), float(q.get("retry_after", 1)))
+            elif name == "rest_errors":
+                self.rest_errors(float(q.get("fraction", 1)), int(q.get("status", 503)))
+            elif name == "rest_latency":
+                self.rest_latency(float(q.get("seconds", 1)))
+            elif name == "redirect":
+                self.redirect(float(q.get("seconds", 5)), int(q.get("status", 302)),
+                              q.get("location", DEFAULT_LOCATION), q.get("scope", "all"))
+            elif name == "delist":
+                self.delist(q.get("symbols", "").split(","))
+            elif name == "rate_limits":
+                self.rate_limits(on("on"), opt("futures"), opt("spot"), q.get("window"),
+                                 float(q["ban_seconds"]) if "ban_seconds" in q else None)
+                out = {"ok": True, "rateLimits": {"futures": self.budgets[True].rate_limit(),
+                                                  "spot": self.budgets[False].rate_limit()}}
             elif name == "reset":
                 self.reset_faults()
             elif name == "stats":
-                out = {**asdict(self.stats), "connections_open": len(self._conns), "now": self.now_ms()}
+                out = {**asdict(self.stats), "connections_open": len(self._conns), "now": self.now_ms(),
+                       "weight_used": {"futures": self.budgets[True].current(), "spot": self.budgets[False].current()}}
             elif name == "history":
                 out = self.history_rows(q["symbol"], q.get("interval"), opt("start_ms"), opt("end_ms"))
             else:

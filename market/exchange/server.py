@@ -30,12 +30,11 @@ from websockets.http11 import Request, Response
 from market.exchange.config import ANCHOR_MS, ExchangeConfig, ExchangeStats
 from market.exchange.control import Faults
 from market.exchange.responses import json_response as _json
-from market.exchange.rest import Rest
+from market.exchange.rest import Rest, rest_route
 from market.exchange.streams import Streams, _Conn
 from market.schema import KLINE_SCHEMA, TIME, empty, interval_ms
 from market.synthetic import MINUTE_MS, SyntheticMarket, rest_row, spec_for
 
-REST_LIMITS = {"/fapi/v1/klines": 1500, "/api/v3/klines": 1000}
 _REGION_MSG = ("Service unavailable from a restricted location according to 'b. Eligibility' in "
                "https://www.binance.com/en/terms. Please contact customer service if you believe "
                "you received this message in error.")
@@ -74,14 +73,11 @@ class LocalExchange(Faults, Rest, Streams):
         self._wake = asyncio.Event()
         self._flowing = asyncio.Event()
         self._flowing.set()
-        self._stall_handle: asyncio.TimerHandle | None = None
-        self._refuse_until, self._refuse_status = 0.0, 503
-        self._duplicate, self._late_ms = False, 0
+        self._refuse_status = 503
         self._late: list[tuple[int, int, str, int]] = []  # (due, seq, stream, open_ms)
         self._late_seq = itertools.count()
-        self._rest_fail = (0, 429, 1.0)
-        self._malformed_seq = 0
         self._parsed: dict[str, tuple] = {}  # stream name -> parsed (or () if not served)
+        self._init_faults()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -169,28 +165,22 @@ class LocalExchange(Faults, Rest, Streams):
 
     # -- HTTP side -------------------------------------------------------------
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        """Plain HTTP (control, REST, dumps) or a WebSocket handshake's fate."""
         url = urlsplit(request.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
         if url.path.startswith("/_control/"):
             return self._control(url.path.removeprefix("/_control/"), query)
-        if url.path in REST_LIMITS or url.path in ("/fapi/v1/ping", "/api/v3/ping", "/fapi/v1/time", "/api/v3/time"):
-            self.stats.rest_requests += 1
-            n, status, retry = self._rest_fail
-            if n > 0:
-                self._rest_fail = (n - 1, status, retry)
-                return _json(status, {"code": -1003, "msg": "Too many requests; please use the websocket for live updates."},
-                             (("Retry-After", f"{retry:g}"),))
-            if url.path.endswith("/ping"):
-                return _json(200, {})
-            if url.path.endswith("/time"):
-                return _json(200, {"serverTime": self.now_ms()})
-            return self._klines(REST_LIMITS[url.path], url.path.startswith("/fapi"), query)
+        route = rest_route(url.path)
+        if route is not None:
+            return await self._rest(*route, query)
         if self._ws_route(url.path) is None:
             return _json(404, {"code": -1, "msg": f"Unknown path {url.path}"})
+        redirect = self._redirect_response("ws")
+        if redirect is not None:
+            return redirect
         if time.monotonic() < self._refuse_until:
             self.stats.refused += 1
             msg = _REGION_MSG if self._refuse_status in (403, 451) else "Service unavailable."
             return _json(self._refuse_status, {"code": 0, "msg": msg})
         return None
-
