@@ -99,10 +99,18 @@ def custom_preset(ws_base: str, rest_base: str, like: str = DEFAULT_PRESET, *, m
     rest = rest_base.strip().rstrip("/")
     if ws.endswith("/stream"):
         ws = ws[: -len("/stream")]
-    if urlsplit(ws).scheme not in ("ws", "wss"):
-        raise ValueError(f"--ws-url must start with ws:// or wss://, got {ws_base!r}")
-    if urlsplit(rest).scheme not in ("http", "https"):
-        raise ValueError(f"--rest-url must start with http:// or https://, got {rest_base!r}")
+    for flag, url, given, schemes in (("--ws-url", ws, ws_base, ("ws", "wss")),
+                                      ("--rest-url", rest, rest_base, ("http", "https"))):
+        example = "wss://fstream.binance.com/market" if flag == "--ws-url" else "https://fapi.binance.com"
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError as exc:
+            raise ValueError(f"{flag} {given!r} is not a URL ({exc}); e.g. {example}") from None
+        if parts.scheme not in schemes:
+            raise ValueError(f"{flag} must start with {schemes[0]}:// or {schemes[1]}://, got {given!r}")
+        if not parts.hostname:
+            raise ValueError(f"{flag} {given!r} names no host; e.g. {example}")
     base = get_preset(like)
     host = urlsplit(rest).netloc
     for known in PRESETS.values():

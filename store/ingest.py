@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import logging
 import signal
@@ -20,11 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-from market.presets import DEFAULT_PRESET, DEFAULT_SYMBOLS, Preset, custom_preset, get_preset
+from market import cli
+from market.presets import COMMON_FLAGS, DEFAULT_PRESET, DEFAULT_SYMBOLS, Preset, custom_preset, get_preset
 from market.feed import Feed, FeedStatus
 from market.live import LiveState
 from market.stream import Batch, FeedConfig
-from store.db import StoreError, resolve_db
+from store.db import StoreError, prepare, resolve_db
 from store.history import recent_klines
 from store.writer import Writer, WriterStatus
 
@@ -48,6 +50,8 @@ class IngestConfig:
     watchdog: float = 20.0
     queue_size: int = 1024
     max_pending_rows: int = 1_000_000  # rows held in memory while the file is busy, then spooled
+    #: the running command's options, named by a region-block message (the dashboard adds --demo)
+    flags: tuple[str, ...] = COMMON_FLAGS
 
     def preset(self) -> Preset:
         if self.ws_url or self.rest_url:
@@ -59,7 +63,7 @@ class IngestConfig:
     def feed_config(self) -> FeedConfig:
         return FeedConfig(
             preset=self.preset(), symbols=self.symbols, interval=self.interval,
-            watchdog=self.watchdog, backfill=self.backfill, lookback=self.lookback,
+            watchdog=self.watchdog, backfill=self.backfill, lookback=self.lookback, flags=self.flags,
         )
 
 
@@ -89,6 +93,8 @@ class Pipeline:
         self.feed = Feed(config.feed_config(), self.queue, last_closed=self.state.last_closed)
         self.started = asyncio.Event()
         self.batches = 0
+        #: symbols that delivered a candle or ticker (stream or REST) since the start
+        self.received: set[str] = set()
 
     def status(self) -> PipelineStatus:
         return PipelineStatus(self.feed.status(), self.writer.status(), self.started.is_set())
@@ -121,6 +127,13 @@ class Pipeline:
             self._apply(await self.queue.get())
 
     def _apply(self, batch: Batch) -> None:
+        received = self.received
+        if len(received) < len(self.config.symbols):  # free once every symbol has spoken
+            received.update(k.symbol for k in batch.finals)
+            received.update(batch.forming)
+            received.update(batch.tickers)
+            if batch.rest is not None and batch.rest.height:
+                received.update(batch.rest["symbol"].unique().to_list())
         changes = self.state.apply(batch)
         self.batches += 1
         if changes.klines.height:
@@ -163,38 +176,80 @@ class Pipeline:
                     self.feed.repair(symbol, after)
 
 
+PROG = "python -m store.ingest"
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[IngestConfig, float | None, float]:
-    p = argparse.ArgumentParser(prog="python -m store.ingest", description="Ingest Binance klines into DuckDB (no UI).")
+    """``(config, duration, log_every)`` from the command line; a bad argument is a
+    ``market.cli.UsageError`` whose one line says what is wrong and what is allowed."""
+    p = cli.ArgumentParser(prog=PROG, description="Ingest Binance klines into DuckDB (no UI).")
     p.add_argument("--db", type=Path, help="database file (default: $MARKET_DB or store/market.duckdb)")
-    p.add_argument("--symbols", help="comma-separated, e.g. BTCUSDT,ETHUSDT (default: 50 liquid USD-M perps)")
-    p.add_argument("--interval", default="1m")
+    p.add_argument("--symbols", type=cli.symbols, default=DEFAULT_SYMBOLS,
+                   help="comma-separated, e.g. BTCUSDT,ETHUSDT (default: 50 liquid USD-M perps)")
+    p.add_argument("--interval", type=cli.interval, default="1m", help="kline interval, e.g. 1m, 5m, 1h")
     p.add_argument("--exchange", default=DEFAULT_PRESET, help="preset: binance-futures, binance-spot, binance-us, ...")
     p.add_argument("--ws-url", help="stream base without /stream, e.g. wss://fstream.binance.com/market")
     p.add_argument("--rest-url", help="REST base, e.g. https://fapi.binance.com")
-    p.add_argument("--duration", type=float, help="stop after this many seconds (exit 0)")
+    p.add_argument("--duration", type=cli.seconds(),
+                   help="stop after this many seconds (exit 0, or 1 if a symbol received nothing)")
     p.add_argument("--no-backfill", action="store_true", help="WebSocket only: no REST gap repair")
-    p.add_argument("--lookback", type=int, default=1000, help="candles to fetch for a symbol never stored")
-    p.add_argument("--flush-every", type=float, default=1.0, help="seconds between database flushes")
-    p.add_argument("--log-every", type=float, default=10.0, help="seconds between status lines")
+    p.add_argument("--lookback", type=cli.integer(1, 1_000_000), default=1000,
+                   help="candles to fetch for a symbol never stored")
+    p.add_argument("--flush-every", type=cli.seconds(), default=1.0, help="seconds between database flushes")
+    p.add_argument("--log-every", type=cli.seconds(), default=10.0, help="seconds between status lines")
     # for the crash suite: spool to Parquet after a few rows instead of a million
-    p.add_argument("--max-pending", type=int, default=1_000_000, help=argparse.SUPPRESS)
+    p.add_argument("--max-pending", type=cli.integer(1, 10**9), default=1_000_000, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    symbols = tuple(s.strip().upper() for s in a.symbols.split(",") if s.strip()) if a.symbols else DEFAULT_SYMBOLS
     config = IngestConfig(
-        db=a.db, symbols=symbols, interval=a.interval, exchange=a.exchange, ws_url=a.ws_url,
+        db=a.db, symbols=a.symbols, interval=a.interval, exchange=a.exchange, ws_url=a.ws_url,
         rest_url=a.rest_url, backfill=not a.no_backfill, lookback=a.lookback, flush_every=a.flush_every,
         max_pending_rows=a.max_pending,
     )
-    config.feed_config()  # validate presets, URLs and interval before starting
+    try:
+        config.feed_config()  # validate presets and URLs before starting
+    except ValueError as exc:
+        raise cli.UsageError(f"{exc}; see {PROG} --help") from None
     return config, a.duration, a.log_every
 
 
-async def _main(config: IngestConfig, duration: float | None, log_every: float) -> None:
+class _RecentWarnings(logging.Handler):
+    """The feed's last warnings (connection failures, refused backfills), to say why nothing came."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: collections.deque[str] = collections.deque(maxlen=50)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def silence_report(pipeline: Pipeline, elapsed: float, warnings: list[str]) -> str | None:
+    """None when every symbol delivered something, else one line saying which did not and why."""
+    missing = [s for s in pipeline.config.symbols if s not in pipeline.received]
+    if not missing:
+        return None
+    conns = pipeline.feed.connections
+    why = next((c.status.reason for c in conns if c.status.state != "connected" and c.status.reason), "")
+    why = why or next((c.status.last_error for c in conns if c.status.last_error), "")
+    if not why or len(missing) < len(pipeline.config.symbols):
+        # a refused backfill names the symbol ("HTTP 400 ... Invalid symbol"): the best clue
+        why = next((w for w in reversed(warnings) if any(s in w for s in missing)), why)
+    if not why:
+        why = (f"connected, but the exchange sent no candle for {'them' if len(missing) > 1 else 'it'}; "
+               f"check the symbol names on {pipeline.config.preset().name} (an unknown symbol streams nothing)")
+    which = "" if len(missing) == len(pipeline.config.symbols) else f" for {', '.join(missing)}"
+    return f"received nothing{which} in {elapsed:.0f} s: {why}"
+
+
+async def _main(config: IngestConfig, duration: float | None, log_every: float) -> int:
     pipeline = Pipeline(config)
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
+    recent = _RecentWarnings()
+    logging.getLogger("market").addHandler(recent)
+    started = time.monotonic()
     log.info("ingesting %d symbols (%s) into %s", len(config.symbols), config.interval, pipeline.db)
     try:
         async with asyncio.timeout(duration):
@@ -206,20 +261,32 @@ async def _main(config: IngestConfig, duration: float | None, log_every: float) 
                     log.info("%s; %d candles written", st.describe(), st.store.written_rows)
     except (TimeoutError, asyncio.CancelledError):
         pass
+    finally:
+        logging.getLogger("market").removeHandler(recent)
     st = pipeline.status()
     log.info("stopped: %d rows written, %d pending, rejected frames %s",
              st.store.written_rows, st.store.pending_rows, st.feed.rejected or "none")
+    problem = silence_report(pipeline, time.monotonic() - started, list(recent.messages))
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Exit codes: 0 done; 1 the database is unusable, or a symbol received nothing; 2 a bad argument."""
     try:
         config, duration, log_every = parse_args(argv)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except cli.UsageError as exc:
+        print(cli.usage_line(PROG, exc), file=sys.stderr)
         return 2
-    asyncio.run(_main(config, duration, log_every))
-    return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        prepare(config.db, config.preset().market)  # before any network traffic
+    except StoreError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    return asyncio.run(_main(config, duration, log_every))
 
 
 if __name__ == "__main__":
