@@ -150,8 +150,8 @@ class WeightLimiter:
 
     def _used(self, w: Window, now: float) -> int:
         log_ = self._logs[w]
-        horizon = now - w.ms / 1000 - self.slack
-        while log_ and log_[0][0] <= horizon:
+        span = w.ms / 1000 + self.slack  # the same sum as in delay(), so both agree to the bit
+        while log_ and log_[0][0] + span <= now:
             log_.popleft()
         return sum(e[1] for e in log_)
 
@@ -171,7 +171,7 @@ class WeightLimiter:
             for at, spent in self._logs[w]:
                 freed += spent
                 if freed >= need:
-                    wait = max(wait, at + w.ms / 1000 + self.slack - now)
+                    wait = max(wait, (at + (w.ms / 1000 + self.slack)) - now)
                     break
         return wait
 
@@ -202,6 +202,7 @@ class WeightLimiter:
         the server may not have counted yet; we keep counting them ourselves.
         """
         now = self.clock()
+        headers = {k.lower(): v for k, v in headers.items() if k[:1] in "xX"}
         for w in self.windows:
             raw = headers.get(w.header)
             if raw is None:

@@ -74,13 +74,13 @@ class Result:
 class Backfill:
     """One run: ``await Backfill(config).run()``; see the module docstring."""
 
-    def __init__(self, config: BackfillConfig, *, progress: bool = True) -> None:
+    def __init__(self, config: BackfillConfig, *, progress: bool | None = None) -> None:
         self.config = config
         self.preset = config.preset()
         self.db = prepare(config.db, self.preset.market)  # before any network traffic
         self.client = KlineClient(self.preset, flags=("--exchange", "--rest-url"))
         self.writer = Writer(self.db, market=self.preset.market)
-        self.progress = progress
+        self.progress = config.progress if progress is None else progress
         self.result = Result()
         self._latest: dict[tuple[str, str], int] = {}  # newest open time known to exist
         self._trailing: list[tuple[str, str, int, int]] = []  # absent unless a later candle exists
@@ -228,15 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        backfill = Backfill(config, progress=config.progress)
+        backfill = Backfill(config, progress=None)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     result = asyncio.run(backfill.run())
-    lim = backfill.client.limiter
+    budget = ", ".join(w.describe() for w in backfill.client.limiter.windows)
     print(f"backfill: {result.candles:,} candles stored, {result.requests:,} requests "
-          f"(weight {result.weight:,}; budget {', '.join(w.describe() for w in lim.windows)}, "
-          f"{lim.waited:.1f} s spent pacing), {result.empty_recorded} empty ranges recorded",
+          f"(weight {result.weight:,}; budget {budget}), {result.empty_recorded} empty ranges recorded",
           file=sys.stderr)
     for message in result.failed.values():
         print(f"failed: {message}", file=sys.stderr)
