@@ -110,3 +110,37 @@ def hold_file() -> Iterator[type[Holder]]:
     yield make
     for h in holders:
         h.release()
+
+
+def talib_indicators(closes) -> dict[str, object]:
+    """The reference for stored indicators: TA-Lib's RSI(14), StochRSI(14, 3, 3) K and D,
+    and the README's signal rule applied to those values (first match wins; K and D
+    within 1e-9 count as equal, as in market.indicators)."""
+    import talib
+
+    closes = np.asarray(closes, dtype=float)
+    rsi = talib.RSI(closes, 14)
+    # STOCH(rsi, rsi, rsi, 14, 3, SMA, 3, SMA) gives K only from where D starts (2 rows
+    # later than K is defined); STOCHF's fast D is the same K from its first row on.
+    k = talib.STOCHF(rsi, rsi, rsi, 14, 3, 0)[1]
+    d = talib.SMA(k, 3)
+    slow_k, slow_d = talib.STOCH(rsi, rsi, rsi, 14, 3, 0, 3, 0)
+    ok = ~np.isnan(slow_k)
+    np.testing.assert_allclose(k[ok], slow_k[ok], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(d[ok], slow_d[ok], rtol=0, atol=1e-9)
+    assert np.array_equal(np.isnan(d), np.isnan(slow_d))
+    signal: list[str | None] = []
+    for i in range(len(closes)):
+        s = None
+        if i:
+            was, now = k[i - 1] - d[i - 1], k[i] - d[i]  # NaN while warming up: no comparison holds
+            if was <= 1e-9 and now > 1e-9 and k[i] < 50:
+                s = "cross_up"
+            elif was >= -1e-9 and now < -1e-9 and k[i] > 50:
+                s = "cross_down"
+        if s is None and rsi[i] < 30:
+            s = "oversold"
+        elif s is None and rsi[i] > 70:
+            s = "overbought"
+        signal.append(s)
+    return {"rsi": rsi, "stoch_k": k, "stoch_d": d, "signal": signal}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import dataclasses
 import json
 import os
@@ -25,7 +26,6 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
-import talib
 from polars.testing import assert_frame_equal
 
 import store
@@ -34,7 +34,7 @@ from market.feed import Feed
 from store import history
 from store.db import gate
 from store.ingest import IngestConfig, Pipeline
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, talib_indicators, wait_for
 
 MINUTE = 60_000
 KEY = ["symbol", "interval", "open_time"]
@@ -94,7 +94,8 @@ def check_exactly_once(ex: LocalExchange, db: Path, symbols) -> dict[str, pl.Dat
 
 
 def check_indicators(db: Path, symbols, tol: float = 1e-9) -> None:
-    """Stored RSI equals TA-Lib's RSI over the stored closes, per symbol, from index 14."""
+    """Stored RSI, StochRSI K and D equal TA-Lib's over the stored closes (null where TA-Lib's
+    are), and each stored signal is the README's rule applied to TA-Lib's values."""
     n_klines = store.query("SELECT count(*) AS n FROM klines", db=db)["n"][0]
     n_ind = store.query("SELECT count(*) AS n FROM indicators", db=db)["n"][0]
     dups = store.query("SELECT count(*) AS n FROM (SELECT symbol, interval, open_time FROM indicators "
@@ -103,11 +104,16 @@ def check_indicators(db: Path, symbols, tol: float = 1e-9) -> None:
     for sym in symbols:
         rows = history.with_indicators(sym, db=db)
         closes = rows["close"].to_numpy()
-        want = talib.RSI(closes, 14)
-        have = rows["rsi"].cast(pl.Float64).to_numpy()
         assert len(closes) > 14
-        assert np.isnan(have[:14]).all()
-        assert np.abs(have[14:] - want[14:]).max() <= tol, sym
+        want = talib_indicators(closes)
+        assert np.isnan(want["rsi"][:14]).all() and not np.isnan(want["rsi"][14:]).any()
+        for name in ("rsi", "stoch_k", "stoch_d"):
+            have = rows[name].cast(pl.Float64).to_numpy()
+            ref = want[name]
+            assert np.array_equal(np.isnan(have), np.isnan(ref)), f"{sym} {name}: null where TA-Lib is not, or back"
+            if (~np.isnan(ref)).any():
+                assert np.abs(have - ref)[~np.isnan(ref)].max() <= tol, (sym, name)
+        assert rows["signal"].to_list() == want["signal"], sym
 
 
 def check_tickers(db: Path, symbols) -> None:
@@ -206,11 +212,14 @@ async def test_a_final_that_never_comes_is_repaired_over_rest(tmp_path):
         assert p.feed.config.watchdog == 5.0
         async with running(p):
             await wait_for(lambda: p.writer.status().written_rows >= 100, what="the backfill written")
-            await wait_for(lambda: 40_000 <= ex.now_ms() % MINUTE <= 45_000, what="late in a minute")
-            now = ex.now_ms()
-            lost = now - now % MINUTE  # this candle's final falls inside the silence
+            # the exchange's clock task has reached a point inside a minute (its own tick, not the
+            # wall clock, so a loaded box cannot put the stall after the candle's close)
+            await wait_for(lambda: 10_000 <= ex._sim % MINUTE <= 45_000, what="inside a minute")
+            lost = ex._sim - ex._sim % MINUTE  # this candle's final falls inside the silence
             backfilled = p.feed.backfilled_rows
-            ex.stall(0.5)  # 30 s of sim time in which the exchange sends nothing, finals included
+            ex.stall(600)  # the exchange sends nothing, finals included, until we end it ...
+            await wait_for(lambda: ex._sim >= lost + MINUTE + 5_000, what="the close passing in silence")
+            ex.reset_faults()  # ... 5 s of sim time after the candle closed (the watchdog is 5 s real)
             await wait_for(lambda: closed_through(p, syms, lost + MINUTE), what="the candle after the lost one")
             assert p.feed.backfilled_rows - backfilled >= len(syms)  # the repair's rows
             assert all(c.status.reconnects == 0 for c in p.feed.connections)
@@ -236,10 +245,12 @@ async def test_file_held_by_another_process_loses_nothing(tmp_path, hold_file):
                 holder = await asyncio.to_thread(hold_file, db)
             finally:
                 g.end_read()
-            held_at = time.monotonic()
             written = p.writer.status().written_rows
-            while time.monotonic() - held_at < 3.0:
-                await asyncio.sleep(0.05)
+            target = max(p.state.last_closed(s) for s in syms) + 2 * MINUTE
+            # two more minutes close while the file is held, and the writer has tried since
+            await wait_for(lambda: closed_through(p, syms, target) and p.writer.status().pending_rows > 0
+                           and "is held by" in (p.writer.status().last_error or ""), timeout=60,
+                           what="candles waiting behind the held file")
             st = p.writer.status()
             assert st.written_rows == written  # nothing could be written ...
             assert st.pending_rows > 0  # ... so it waits in memory
@@ -280,7 +291,7 @@ async def test_restart_continues_from_the_stored_history(tmp_path):
         async with running(first):
             await wait_for(lambda: first.writer.status().written_rows >= 100, what="a first run")
         stopped = ex.now_ms()
-        await asyncio.sleep(2.0)  # two minutes pass while nothing runs
+        await wait_for(lambda: ex.now_ms() >= stopped + 2 * MINUTE, what="two minutes while nothing runs")
         second = make_pipeline(ex, db, syms, lookback=50)
         async with running(second):
             # the stored candles came back into memory, and the gap was fetched from there
@@ -412,7 +423,12 @@ def test_cli_sigterm_exits_0_after_a_final_flush(exchange_proc, tmp_path):
         log.wait("symbol=BTCUSDT")
         log.wait("symbol=ETHUSDT")
         log.wait("live:")
-        time.sleep(1.5)  # a candle or two from the stream as well
+        # two candles close on the stream as well (the exchange's own history says when)
+        live_at = exchange_history(exchange_proc, "ETHUSDT", 0, 2**62)[-1][0]
+        deadline = time.monotonic() + 60
+        while exchange_history(exchange_proc, "ETHUSDT", live_at, 2**62)[-1][0] < live_at + 2 * MINUTE:
+            assert time.monotonic() < deadline, log.rest()
+            time.sleep(0.05)
         assert not db.exists() or store.query("SELECT count(*) AS n FROM klines", db=db)["n"][0] == 0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.rest()
@@ -421,6 +437,8 @@ def test_cli_sigterm_exits_0_after_a_final_flush(exchange_proc, tmp_path):
             proc.kill()
     assert "stopped:" in log.rest() and ", 0 pending" in log.rest()
     check_cli_db(exchange_proc, db, 100)
+    for sym in ("BTCUSDT", "ETHUSDT"):  # the streamed candles made it into the final flush
+        assert to_ms(history.klines(sym, db=db)["open_time"][-1]) >= live_at + 2 * MINUTE
 
 
 def test_sql_cli_answers_while_ingest_runs(exchange_proc, tmp_path):
@@ -430,29 +448,32 @@ def test_sql_cli_answers_while_ingest_runs(exchange_proc, tmp_path):
     try:
         log = Lines(proc.stderr)
         log.wait("symbol=ETHUSDT")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while not db.exists() or store.query("SELECT count(*) AS n FROM klines", db=db)["n"][0] < 200:
             assert time.monotonic() < deadline, log.rest()
             time.sleep(0.1)
+        both = ["BTCUSDT", "ETHUSDT"]
+        # each query with a check of its values (a header alone satisfies none of them)
         queries = {
-            "SELECT count(*) AS n FROM klines": "n",
-            "SELECT symbol, max(open_time) AS last FROM klines GROUP BY symbol ORDER BY symbol": "ETHUSDT",
-            "SELECT symbol, last_price FROM tickers ORDER BY symbol": "BTCUSDT",
+            "SELECT count(*) AS n FROM klines": lambda f: f["n"][0] >= 200,
+            "SELECT symbol, max(open_time) AS last FROM klines GROUP BY symbol ORDER BY symbol":
+                lambda f: f["symbol"].to_list() == both and f["last"].null_count() == 0,
+            "SELECT symbol, last_price FROM tickers ORDER BY symbol":
+                lambda f: f["symbol"].to_list() == both and (f["last_price"] > 0).all(),
             "SELECT k.symbol, avg(i.rsi) AS rsi FROM klines k JOIN indicators i USING (symbol, interval, open_time) "
-            "GROUP BY ALL ORDER BY 1": "rsi",
-            "SELECT count(*) AS n FROM klines WHERE open_time > now() - INTERVAL 100 YEAR": "n",
-            "SELECT * FROM schema_version": "version",
+            "GROUP BY ALL ORDER BY 1": lambda f: f["symbol"].to_list() == both and f["rsi"].is_between(0, 100).all(),
+            "SELECT count(*) AS n FROM klines WHERE open_time > now() - INTERVAL 100 YEAR": lambda f: f["n"][0] >= 200,
+            "SELECT * FROM schema_version": lambda f: f.height >= 1 and f["version"].min() >= 1,
         }
         # all at once, each opening and closing the file while the writer flushes every 0.1 s
         sqls = [subprocess.Popen([sys.executable, "-m", "store.sql", "--db", str(db), "--format", "csv", q],
                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
                 for q in queries]
         results = [s.communicate(timeout=60) for s in sqls]
-        for (q, needle), s, (out, err) in zip(queries.items(), sqls, results):
+        for (q, check), s, (out, err) in zip(queries.items(), sqls, results):
             assert s.returncode == 0, f"{q}: {err}"
-            assert out.splitlines()[0].split(",")[0].strip() and needle in out, (q, out)
-        counts = [int(out.splitlines()[1]) for (q, _), (out, _) in zip(queries.items(), results) if q.startswith("SELECT count")]
-        assert all(c >= 200 for c in counts)
+            frame = pl.read_csv(io.StringIO(out))
+            assert frame.height > 0 and check(frame), (q, out)
         assert proc.poll() is None  # the ingest kept running through all of it
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.rest()
