@@ -12,7 +12,7 @@ import talib
 from market.binance import Kline, Ticker
 from market.live import LiveState
 from market.stream import Batch
-from tests.conftest import random_klines
+from tests.conftest import random_klines, talib_indicators
 
 MINUTE = 60_000
 KEY = ["symbol", "interval", "open_time"]
@@ -41,23 +41,24 @@ def ticker(symbol: str, price: float, event_ms: int) -> Ticker:
 
 
 def talib_check(state: LiveState, symbol: str, closes: np.ndarray | None = None, tol: float = 1e-9) -> None:
-    """RSI and StochRSI in the state equal TA-Lib's over ``closes`` (default: the state's own).
+    """RSI, StochRSI K and D (and the signal) in the state equal TA-Lib's over ``closes``
+    (default: the state's own), null exactly where TA-Lib's are.
 
-    The state holds the last rows of ``closes``; warm-up rows must be null, the rest equal.
+    The state holds the last rows of ``closes``.
     """
     got = state.closed.filter(pl.col("symbol") == symbol).sort("open_time")
     closes = got["close"].to_numpy() if closes is None else closes
     offset = len(closes) - got.height
-    rsi = talib.RSI(closes, 14)
-    k, d = talib.STOCH(rsi, rsi, rsi, 14, 3, 0, 3, 0)  # matype 0: SMA
-    for name, want in (("rsi", rsi), ("stoch_k", k), ("stoch_d", d)):
-        want = want[offset:]
+    ref = talib_indicators(closes)
+    for name in ("rsi", "stoch_k", "stoch_d"):
+        want = ref[name][offset:]
         have = got[name].cast(pl.Float64).to_numpy()  # nulls become NaN
-        if name == "rsi":  # null exactly while warming up (TA-Lib's STOCH starts later than ours)
-            assert np.array_equal(np.isnan(have), np.isnan(want)), "rsi warm-up differs"
-        both = ~np.isnan(want) & ~np.isnan(have)
+        assert np.array_equal(np.isnan(have), np.isnan(want)), f"{name}: null where TA-Lib is not, or back"
+        both = ~np.isnan(want)
         assert both.sum() > 0
         assert np.abs(have[both] - want[both]).max() <= tol, name
+    if "signal" in got.columns:
+        assert got["signal"].to_list() == ref["signal"][offset:]
 
 
 # --------------------------------------------------------------------------- forming
