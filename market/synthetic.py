@@ -1,11 +1,14 @@
 """A deterministic synthetic market, rendered in Binance's wire format.
 
-The local exchange (market/exchange.py) streams and serves what this module
-computes. Every 1m candle of a symbol is a pure function of (seed, symbol, minute
-index) and the previous close; every 250 ms update inside a minute is a prefix of a
-deterministic sub-path whose aggregate is exactly that candle. So the final
-(x=true) kline of a minute and the REST row for it are the same numbers, and two
-markets with the same seed and origin agree on everything.
+The local exchange (market/exchange/) streams and serves what this module computes.
+Every 1m candle of a symbol is a pure function of (seed, symbol, UTC day, minute):
+each day opens at a deterministic anchor price and its minutes are a random walk
+bridged to the next day's anchor, so any minute of any year costs one day's block,
+and an exchange restarted later serves the same prices for the same minutes. Every
+250 ms update inside a minute is a prefix of a deterministic sub-path whose
+aggregate is exactly that candle. So the final (x=true) kline of a minute and the
+REST row for it are the same numbers, and two markets with the same seed agree on
+everything.
 
 All quantities are integers in the symbol's display units (price ticks, quantity
 lots, quote units of 10^-(price_decimals + qty_decimals)), so sums are exact and
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -29,7 +34,7 @@ import numpy as np
 MINUTE_MS = 60_000
 STEP_MS = 250  # Binance futures pushes kline updates every 250 ms
 STEPS = MINUTE_MS // STEP_MS
-BLOCK = 1440  # minutes generated per numpy call
+BLOCK = 1440  # minutes a day: generated per numpy call
 DAY_MS = 86_400_000
 
 
@@ -117,116 +122,151 @@ class Candle(NamedTuple):
     last_qty: int  # lots in the latest step (the ticker's "Q")
 
 
-class _Path:
-    """One symbol's 1m candles from the origin, extended a block at a time."""
+class _Day:
+    """One symbol's 1440 minute candles of one UTC day, with prefix sums for aggregates."""
 
+    __slots__ = ("o", "h", "l", "c", "v", "n", "bv", "q", "bq", "fid", "cum")
     FIELDS = ("o", "h", "l", "c", "v", "n", "bv", "q", "bq", "fid")
+    SUMS = ("v", "n", "bv", "q", "bq")
 
-    def __init__(self, spec: SymbolSpec) -> None:
-        self.spec = spec
-        self.cols: dict[str, np.ndarray] = {f: np.zeros(0, np.int64) for f in self.FIELDS}
-        self.cum: dict[str, np.ndarray] = {}
-        self.last_close = max(1, round(spec.price * 10**spec.price_decimals))
-        self.next_id = 1_000_000 + zlib.crc32(spec.symbol.encode()) % 9_000_000
+    def __init__(self, cols: dict[str, np.ndarray]) -> None:
+        for f in self.FIELDS:
+            setattr(self, f, cols[f])
+        self.cum = {f: np.concatenate(([0], np.cumsum(cols[f]))) for f in self.SUMS}
 
-    def __len__(self) -> int:
-        return len(self.cols["c"])
+
+class _LRU(OrderedDict):
+    """A small least-recently-used cache: what random access keeps warm."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key: object, make: Callable[[], object]) -> object:
+        hit = self.get(key)
+        if hit is None:
+            hit = self[key] = make()
+            if len(self) > self.size:
+                self.popitem(last=False)
+        else:
+            self.move_to_end(key)
+        return hit
+
+
+# Slow swings of the daily anchor (log price): (amplitude, period in days). Their sum
+# stays within +-0.36, so a symbol trades within ~0.7x-1.45x of its table price.
+_SWINGS = ((0.14, 397.0), (0.1, 151.0), (0.06, 53.0), (0.04, 17.0))
+_DAY_SHOCK = 0.02  # std of the daily anchor's own noise (log units)
 
 
 class SyntheticMarket:
     """Deterministic minute candles and 250 ms sub-paths for a set of symbols.
 
-    ``origin_ms`` (a minute boundary) is minute 0: nothing exists before it.
+    Any minute is computable from (seed, symbol, UTC day) alone: each day opens at
+    a deterministic anchor price (slow sinusoid swings plus a daily shock, O(1) per
+    day) and its 1440 minutes are a random walk bridged to the next day's anchor, so
+    the last close of a day is the next day's open. Days are generated on demand and
+    kept in a small LRU: a candle a year back costs one day's block, not the year.
+    ``first_ms``: the first candle served by ``candles`` (the history start).
     """
 
-    def __init__(self, specs: tuple[SymbolSpec, ...], seed: int, origin_ms: int,
-                 first_ms: int | None = None) -> None:
-        if origin_ms % MINUTE_MS:
-            raise ValueError("origin_ms must be a minute boundary")
+    def __init__(self, specs: tuple[SymbolSpec, ...], seed: int, first_ms: int = 0, cache_days: int = 192) -> None:
         self.seed = int(seed)
-        self.origin_ms = origin_ms
-        # the first candle served; the path itself starts earlier, at origin_ms
-        self.first_ms = max(origin_ms, first_ms if first_ms is not None else origin_ms)
+        self.first_ms = first_ms - first_ms % MINUTE_MS
         self.specs = {s.symbol: s for s in specs}
-        self._paths = {s.symbol: _Path(s) for s in specs}
-        self._market: list[tuple[np.ndarray, np.ndarray]] = []
-        self._market_state = 0.0
+        self._keys = {s.symbol: zlib.crc32(s.symbol.encode()) for s in specs}
+        self._days = _LRU(cache_days)
+        self._market_days = _LRU(64)
+        self._anchors = _LRU(4096)
         self._subs: dict[tuple[str, int], tuple[list[int], ...]] = {}
 
-    # -- minute level ------------------------------------------------------
+    # -- day level ---------------------------------------------------------
 
-    def _market_block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Shared factor (z, vol multiplier) for block b; blocks chain, so build in order."""
-        while len(self._market) <= b:
-            k = len(self._market)
-            rng = np.random.default_rng([self.seed, k])
+    def _shock(self, d: int, key: int) -> float:
+        return float(np.random.default_rng([self.seed, key, d, 3]).standard_normal())
+
+    def anchor(self, symbol: str, d: int) -> int:
+        """The opening price of UTC day ``d`` (days since 1970) in price ticks."""
+        def make() -> int:
+            spec, key = self.specs[symbol], self._keys[symbol]
+            phases = np.random.default_rng([self.seed, key, 4]).uniform(0, 2 * math.pi, len(_SWINGS))
+            swing = sum(a * math.sin(2 * math.pi * d / p + ph) for (a, p), ph in zip(_SWINGS, phases))
+            shock = spec.rho * self._shock(d, 0) + math.sqrt(1 - spec.rho**2) * self._shock(d, key + 1)
+            return max(1, round(spec.price * 10**spec.price_decimals * math.exp(swing + _DAY_SHOCK * shock)))
+        return self._anchors.get_or((symbol, d), make)  # type: ignore[return-value]
+
+    def trade_id(self, symbol: str, d: int) -> int:
+        """The first trade id of UTC day ``d``: floor(G(d)) for a smooth increasing G, so
+        a day's trade count G(d+1) - G(d) needs no earlier day (O(1) for any day)."""
+        spec, key = self.specs[symbol], self._keys[symbol]
+        per_day = max(4 * BLOCK, spec.daily_quote / (300 + spec.daily_quote / 2e6))
+        phases = np.random.default_rng([self.seed, key, 5]).uniform(0, 2 * math.pi, len(_SWINGS))
+        wiggle = sum(0.5 * a * p / (2 * math.pi) * math.sin(2 * math.pi * d / p + ph)
+                     for (a, p), ph in zip(_SWINGS, phases))  # 0.5 * sum(a) < 1: G stays increasing
+        return 1_000_000 + key % 1_000_000 + math.floor(per_day * (d + wiggle))
+
+    def _market_day(self, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """Shared factor (z, vol multiplier) of day d."""
+        def make() -> tuple[np.ndarray, np.ndarray]:
+            rng = np.random.default_rng([self.seed, d])
             z = rng.standard_t(4, BLOCK) / math.sqrt(2.0)
             eps = rng.standard_normal(BLOCK) * 0.3 * math.sqrt(1 - 0.998**2)
-            regime = np.empty(BLOCK)
-            h = self._market_state
-            for i in range(BLOCK):  # AR(1) vol regime, half-life ~6 h
-                h = 0.998 * h + eps[i]
-                regime[i] = h
-            self._market_state = h
-            minute_of_day = ((self.origin_ms // MINUTE_MS + k * BLOCK + np.arange(BLOCK)) % 1440).astype(float)
-            season = 1 + 0.4 * np.exp(-(((minute_of_day - 870) / 120) ** 2)) + 0.15 * np.exp(-(((minute_of_day - 60) / 90) ** 2))
-            self._market.append((z, np.exp(regime) * season / 1.1))
-        return self._market[b]
+            h0 = 0.3 * rng.standard_normal()  # the AR(1) regime's stationary spread
+            decay = 0.998 ** np.arange(1, BLOCK + 1)
+            regime = decay * (h0 + np.cumsum(eps / decay))  # h_i = 0.998 h_(i-1) + eps_i, half-life ~6 h
+            minute = np.arange(BLOCK, dtype=float)
+            season = 1 + 0.4 * np.exp(-(((minute - 870) / 120) ** 2)) + 0.15 * np.exp(-(((minute - 60) / 90) ** 2))
+            return z, np.exp(regime) * season / 1.1
+        return self._market_days.get_or(d, make)  # type: ignore[return-value]
 
-    def _extend(self, path: _Path, upto: int) -> None:
-        spec, pd, qd = path.spec, path.spec.price_decimals, path.spec.qty_decimals
-        key = zlib.crc32(spec.symbol.encode())
-        new = {f: [path.cols[f]] for f in path.FIELDS}
-        b = len(path) // BLOCK
-        while (b * BLOCK) <= upto:
-            zm, vm = self._market_block(b)
-            rng = np.random.default_rng([self.seed, key, b])
-            z = spec.rho * zm + math.sqrt(1 - spec.rho**2) * rng.standard_t(4, BLOCK) / math.sqrt(2.0)
-            sig = spec.sigma * vm
-            # weak pull back to the starting level so long runs stay realistic
-            pull = -0.05 * math.log(path.last_close / (spec.price * 10**pd)) / BLOCK
-            logc = math.log(path.last_close) + np.cumsum(sig * z + pull)
-            c = np.maximum(1, np.rint(np.exp(logc))).astype(np.int64)
-            o = np.concatenate(([path.last_close], c[:-1])).astype(np.int64)
-            top, bot = np.maximum(o, c), np.minimum(o, c)
-            h = top + np.rint(top * np.abs(rng.standard_normal(BLOCK)) * sig * 0.6).astype(np.int64)
-            l_ = np.maximum(1, bot - np.rint(bot * np.abs(rng.standard_normal(BLOCK)) * sig * 0.6)).astype(np.int64)
-            usd = spec.daily_quote / 1440 * vm**1.3 * np.exp(0.45 * rng.standard_normal(BLOCK) - 0.1) * (0.5 + 0.5 * np.abs(z))
-            v = np.maximum(1, np.rint(usd / (c / 10**pd) * 10**qd)).astype(np.int64)
-            trade_usd = 300 + spec.daily_quote / 2e6
-            n = np.maximum(1, np.rint(usd / trade_usd * np.exp(0.25 * rng.standard_normal(BLOCK)))).astype(np.int64)
-            share = np.clip(0.5 + 0.2 * np.tanh(z) + 0.08 * rng.standard_normal(BLOCK), 0.03, 0.97)
-            bv = np.rint(v * share).astype(np.int64)
-            vwap = np.rint(0.3 * (o + c) + 0.2 * (h + l_)).astype(np.int64)
-            fid = path.next_id + np.concatenate(([0], np.cumsum(n)[:-1]))
-            for f, arr in zip(path.FIELDS, (o, h, l_, c, v, n, bv, v * vwap, bv * vwap, fid)):
-                new[f].append(arr)
-            path.last_close = int(c[-1])
-            path.next_id = int(fid[-1] + n[-1])
-            b += 1
-        path.cols = {f: np.concatenate(parts) for f, parts in new.items()}
-        path.cum = {f: np.concatenate(([0], np.cumsum(path.cols[f]))) for f in ("v", "n", "bv", "q", "bq")}
+    def day(self, symbol: str, d: int) -> _Day:
+        """The 1440 minute candles of UTC day ``d`` (cached)."""
+        return self._days.get_or((symbol, d), lambda: self._make_day(symbol, d))  # type: ignore[return-value]
 
-    def path(self, symbol: str, upto: int) -> _Path:
-        """The symbol's minute arrays, covering at least minute index ``upto``."""
-        p = self._paths[symbol]
-        if len(p) <= upto:
-            self._extend(p, upto)
-        return p
+    def _make_day(self, symbol: str, d: int) -> _Day:
+        spec, key = self.specs[symbol], self._keys[symbol]
+        pd, qd = spec.price_decimals, spec.qty_decimals
+        zm, vm = self._market_day(d)
+        rng = np.random.default_rng([self.seed, key, d])
+        z = spec.rho * zm + math.sqrt(1 - spec.rho**2) * rng.standard_t(4, BLOCK) / math.sqrt(2.0)
+        sig = spec.sigma * vm
+        first, last = self.anchor(symbol, d), self.anchor(symbol, d + 1)
+        walk = np.cumsum(sig * z)
+        frac = np.arange(1, BLOCK + 1) / BLOCK
+        logc = math.log(first) + walk + frac * (math.log(last / first) - walk[-1])  # bridged to the next open
+        c = np.maximum(1, np.rint(np.exp(logc))).astype(np.int64)
+        c[-1] = last
+        o = np.concatenate(([first], c[:-1])).astype(np.int64)
+        top, bot = np.maximum(o, c), np.minimum(o, c)
+        h = top + np.rint(top * np.abs(rng.standard_normal(BLOCK)) * sig * 0.6).astype(np.int64)
+        l_ = np.maximum(1, bot - np.rint(bot * np.abs(rng.standard_normal(BLOCK)) * sig * 0.6)).astype(np.int64)
+        usd = spec.daily_quote / 1440 * vm**1.3 * np.exp(0.45 * rng.standard_normal(BLOCK) - 0.1) * (0.5 + 0.5 * np.abs(z))
+        v = np.maximum(1, np.rint(usd / (c / 10**pd) * 10**qd)).astype(np.int64)
+        # the day's trade count comes from trade_id (ids must run on without gaps from day
+        # to day); the minutes share it by their turnover
+        fid0, total = self.trade_id(symbol, d), self.trade_id(symbol, d + 1) - self.trade_id(symbol, d)
+        weight = np.cumsum(usd * np.exp(0.25 * rng.standard_normal(BLOCK)))
+        n = 1 + np.diff(np.floor((total - BLOCK) * weight / weight[-1]).astype(np.int64), prepend=0)
+        n[-1] += total - int(n.sum())
+        share = np.clip(0.5 + 0.2 * np.tanh(z) + 0.08 * rng.standard_normal(BLOCK), 0.03, 0.97)
+        bv = np.rint(v * share).astype(np.int64)
+        vwap = np.rint(0.3 * (o + c) + 0.2 * (h + l_)).astype(np.int64)
+        fid = fid0 + np.concatenate(([0], np.cumsum(n)[:-1]))
+        return _Day(dict(zip(_Day.FIELDS, (o, h, l_, c, v, n, bv, v * vwap, bv * vwap, fid))))
 
     # -- sub-minute level --------------------------------------------------
 
     def sub(self, symbol: str, i: int) -> tuple[list[int], ...]:
-        """Cumulative state after each 250 ms step of minute i: (last, high, low,
-        v, n, bv, q, bq); the last step equals the minute's candle exactly."""
+        """Cumulative state after each 250 ms step of minute i (minutes since 1970):
+        (last, high, low, v, n, bv, q, bq); the last step equals the minute's candle."""
         hit = self._subs.get((symbol, i))
         if hit is not None:
             return hit
-        if len(self._subs) > 4 * len(self._paths) + 16:
+        if len(self._subs) > 4 * len(self.specs) + 16:
             self._subs.clear()
-        p = self.path(symbol, i)
-        o, h, l_, c, v, n, bv, q, bq = (int(p.cols[f][i]) for f in p.FIELDS[:-1])
-        rng = np.random.default_rng([self.seed, zlib.crc32(symbol.encode()), i, 1])
+        blk, m = self.day(symbol, i // BLOCK), i % BLOCK
+        o, h, l_, c, v, n, bv, q, bq = (int(getattr(blk, f)[m]) for f in _Day.FIELDS[:-1])
+        rng = np.random.default_rng([self.seed, self._keys[symbol], i, 1])
         frac = np.arange(1, STEPS + 1) / STEPS
         walk = np.cumsum(rng.standard_normal(STEPS))
         bridge = walk - frac * walk[-1]
@@ -264,50 +304,52 @@ class SyntheticMarket:
 
     def _aggregate(self, symbol: str, a: int, b: int, part: int, j: int,
                    open_time: int, close_time: int, closed: bool) -> Candle | None:
-        """Closed minutes [a, b) plus the first j steps of minute ``part``."""
-        p = self.path(symbol, max(b, part + 1))
-        cols, cum = p.cols, p.cum
-        a = max(a, 0)
+        """Closed minutes [a, b) plus the first j steps of minute ``part`` (minutes since 1970)."""
         if b > a:
-            o, c = int(cols["o"][a]), int(cols["c"][b - 1])
-            h, l_ = int(cols["h"][a:b].max()), int(cols["l"][a:b].min())
-            v, n, bv, q, bq = (int(cum[f][b] - cum[f][a]) for f in ("v", "n", "bv", "q", "bq"))
-            fid, lid = int(cols["fid"][a]), int(cols["fid"][b - 1] + cols["n"][b - 1] - 1)
-            lq = max(1, int(cols["v"][b - 1]) // STEPS)
+            days = [(self.day(symbol, d), max(a, d * BLOCK) - d * BLOCK, min(b, (d + 1) * BLOCK) - d * BLOCK)
+                    for d in range(a // BLOCK, (b - 1) // BLOCK + 1)]
+            first, lo0, _ = days[0]
+            last, _, hi1 = days[-1]
+            o, c = int(first.o[lo0]), int(last.c[hi1 - 1])
+            if len(days) == 1 and hi1 - lo0 == 1:
+                h, l_ = int(first.h[lo0]), int(first.l[lo0])
+            else:
+                h = max(int(blk.h[lo:hi].max()) for blk, lo, hi in days)
+                l_ = min(int(blk.l[lo:hi].min()) for blk, lo, hi in days)
+            v, n, bv, q, bq = (sum(int(blk.cum[f][hi] - blk.cum[f][lo]) for blk, lo, hi in days) for f in _Day.SUMS)
+            fid, lid = int(first.fid[lo0]), int(last.fid[hi1 - 1] + last.n[hi1 - 1] - 1)
+            lq = max(1, int(last.v[hi1 - 1]) // STEPS)
         elif j > 0:
-            o = int(cols["o"][part])
-            h = l_ = c = o
+            blk, m = self.day(symbol, part // BLOCK), part % BLOCK
+            o = h = l_ = c = int(blk.o[m])
             v = n = bv = q = bq = 0
-            fid = int(cols["fid"][part])
+            fid = int(blk.fid[m])
             lid = lq = 0
         else:
             return None
         if j > 0:
-            last, high, low, sv, sn, sbv, sq, sbq = self.sub(symbol, part)
+            last_, high, low, sv, sn, sbv, sq, sbq = self.sub(symbol, part)
             s = j - 1
-            h, l_, c = max(h, high[s]), min(l_, low[s]), last[s]
+            h, l_, c = max(h, high[s]), min(l_, low[s]), last_[s]
             v, n, bv, q, bq = v + sv[s], n + sn[s], bv + sbv[s], q + sq[s], bq + sbq[s]
-            lid = int(cols["fid"][part]) + sn[s] - 1
+            lid = int(self.day(symbol, part // BLOCK).fid[part % BLOCK]) + sn[s] - 1
             lq = max(1, sv[s] - (sv[s - 1] if s else 0))
         return Candle(open_time, close_time, o, h, l_, c, v, n, bv, q, bq, fid, lid, closed, lq)
 
-    def _split_time(self, t_ms: int) -> tuple[int, int]:
+    @staticmethod
+    def _split_time(t_ms: int) -> tuple[int, int]:
         """(minute index containing t, whole 250 ms steps of it elapsed at t)."""
-        rel = t_ms - self.origin_ms
-        return rel // MINUTE_MS, (rel % MINUTE_MS) // STEP_MS
+        return t_ms // MINUTE_MS, (t_ms % MINUTE_MS) // STEP_MS
 
     def candle(self, symbol: str, interval_ms: int, open_ms: int, t_ms: int) -> Candle | None:
         """The candle opening at ``open_ms`` as seen at ``t_ms``: final (closed) once
         t_ms >= its end, else its values so far; None if nothing happened yet."""
         end = open_ms + interval_ms
-        a = (open_ms - self.origin_ms) // MINUTE_MS
+        a = open_ms // MINUTE_MS
         if t_ms >= end:
-            b = a + interval_ms // MINUTE_MS
-            if b <= 0:
-                return None
-            return self._aggregate(symbol, a, b, b, 0, open_ms, end - 1, True)
+            return self._aggregate(symbol, a, a + interval_ms // MINUTE_MS, 0, 0, open_ms, end - 1, True)
         part, j = self._split_time(t_ms)
-        if part < 0:
+        if part < a:
             return None
         return self._aggregate(symbol, a, part, part, j, open_ms, end - 1, False)
 

@@ -12,7 +12,6 @@ from market.schema import interval_ms
 from market.synthetic import DEFAULT_SYMBOLS, STEP_MS
 
 MALFORMED_KINDS = ("not_json", "missing_fields", "non_numeric", "nan", "misaligned", "unknown_stream")
-ANCHOR_MS = 7 * 86_400_000
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,7 @@ class ExchangeConfig:
     replay: str | Path | None = None
     loop: bool = True  # replay: start over at the end
     history_minutes: int = 3 * 1440
+    history_days: float | None = None  # if set, overrides history_minutes (days * 1440)
     start_time: int | None = None  # ms; default now (floored to 250 ms)
     ticker_ms: int = 1000
     rest_forming: bool = True  # REST's last row may be the forming candle, like Binance
@@ -45,6 +45,10 @@ class ExchangeConfig:
             syms = DEFAULT_SYMBOLS[:syms]
         object.__setattr__(self, "symbols", tuple(s.upper() for s in syms))
         interval_ms(self.interval)
+        if self.history_days is not None:
+            if not 0 <= self.history_days <= 36_500:
+                raise ValueError("history_days must be in [0, 36500]")
+            object.__setattr__(self, "history_minutes", round(self.history_days * 1440))
         if not self.speed >= 0 or self.seed < 0 or self.history_minutes < 0:
             raise ValueError("speed, seed and history_minutes must be >= 0")
         parse_window(self.weight_window)

@@ -27,7 +27,7 @@ import polars as pl
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from market.exchange.config import ANCHOR_MS, ExchangeConfig, ExchangeStats
+from market.exchange.config import ExchangeConfig, ExchangeStats
 from market.exchange.control import Faults
 from market.exchange.responses import json_response as _json
 from market.exchange.rest import Rest, rest_route
@@ -57,13 +57,12 @@ class LocalExchange(Faults, Rest, Streams):
         if cfg.replay is not None:
             self._load_replay(cfg.replay)
         else:
+            # Prices are a function of (seed, symbol, minute) alone, so an exchange restarted
+            # with the same seed serves the same prices for the same minutes (a demo
+            # restarted against its old database shows no jump); history only says from
+            # when on REST serves them.
             first = cfg.start_time - cfg.history_minutes * MINUTE_MS
-            first -= first % MINUTE_MS
-            # The path starts at a fixed weekly anchor, so an exchange restarted with
-            # the same seed serves the same prices for the same minutes (a demo
-            # restarted against its old database shows no jump).
-            origin = first - first % ANCHOR_MS
-            self.market = SyntheticMarket(tuple(spec_for(s) for s in cfg.symbols), cfg.seed, origin, first)
+            self.market = SyntheticMarket(tuple(spec_for(s) for s in cfg.symbols), cfg.seed, first)
         self._sim = cfg.start_time
         self._t0: float | None = None
         self._server: Server | None = None
