@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -11,7 +12,7 @@ from polars.testing import assert_frame_equal
 import store
 from market.indicators import add_indicators, add_signal
 from store import history
-from tests.conftest import random_klines
+from tests.conftest import random_klines, talib_indicators
 
 KEY = ["symbol", "interval", "open_time"]
 
@@ -53,8 +54,12 @@ def test_with_indicators_joins_and_limits(db):
     path, data = db
     got = history.with_indicators("BTCUSDT", db=path, limit=30)
     assert got.height == 30 and got["open_time"].is_sorted()
-    full = add_indicators(data.filter(pl.col("symbol") == "BTCUSDT"))
-    assert got["rsi"].to_list() == full.tail(30)["rsi"].to_list()
+    btc = data.filter(pl.col("symbol") == "BTCUSDT").sort("open_time")
+    assert_frame_equal(got.select(data.columns), btc.tail(30))  # the candles the indicators belong to
+    ref = talib_indicators(btc["close"].to_numpy())  # the reference, not the code that filled the table
+    for name in ("rsi", "stoch_k", "stoch_d"):
+        np.testing.assert_allclose(got[name].to_numpy(), ref[name][-30:], rtol=0, atol=1e-9)
+    assert got["signal"].to_list() == ref["signal"][-30:]
 
 
 def test_coverage_and_gaps_find_the_holes(db):
