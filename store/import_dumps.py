@@ -14,7 +14,6 @@ holds another market), 2 a bad argument.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import dataclasses
@@ -27,22 +26,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from market import dumps
+from market import cli, dumps
 from market.presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
-from market.schema import interval_ms
 from store.bulk import load_klines, refresh_indicators, session
 from store.db import MarketMismatch, StoreError, prepare, resolve_db
 
 DEFAULT_DUMPS_URL = "https://data.binance.vision"
 
 
-class BadArgs(ValueError):
-    """A bad command line, in one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one plain line instead of usage + message
-        raise BadArgs(message)
+PROG = "python -m store.import_dumps"
+BadArgs = cli.UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,19 +78,19 @@ def _month(text: str, flag: str) -> dt.date:
 
 def parse_args(argv: list[str] | None = None, today: dt.date | None = None) -> Args:
     """Validated arguments; a BadArgs says what is wrong in one line."""
-    p = _Parser(prog="python -m store.import_dumps", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("paths", nargs="*", type=Path, metavar="PATH", help=".zip or .csv dumps, or folders of them")
     p.add_argument("--db", type=Path, help="database file (default: $MARKET_DB or store/market.duckdb)")
     p.add_argument("--exchange", help=f"the files' market, a preset: {', '.join(PRESETS)} (default {DEFAULT_PRESET})")
     p.add_argument("--download", action="store_true", help="fetch dumps from the public data site first")
-    p.add_argument("--symbols", help="with --download: comma-separated, e.g. BTCUSDT,ETHUSDT")
-    p.add_argument("--interval", help="with --download: candle interval (default 1m)")
+    p.add_argument("--symbols", type=cli.symbols, help="with --download: comma-separated, e.g. BTCUSDT,ETHUSDT")
+    p.add_argument("--interval", type=cli.interval, help="with --download: candle interval (default 1m)")
     p.add_argument("--since", help="with --download: first month, YYYY-MM")
     p.add_argument("--until", help="with --download: last month or day, YYYY-MM[-DD] (default: yesterday)")
     p.add_argument("--dumps-url", help=f"with --download: site base (default {DEFAULT_DUMPS_URL})")
     p.add_argument("--market", choices=sorted(dumps.MARKETS), help="with --download: site market (default: from --exchange)")
     p.add_argument("--dest", type=Path, help="with --download: folder for the files (default: dumps/ beside the database)")
-    p.add_argument("--concurrency", type=int, default=4, help="with --download: files fetched at once")
+    p.add_argument("--concurrency", type=cli.integer(1, 32), default=4, help="with --download: files fetched at once")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     if a.market and a.exchange is None:
@@ -113,7 +106,7 @@ def parse_args(argv: list[str] | None = None, today: dt.date | None = None) -> A
     db = resolve_db(a.db)
     for path in a.paths:
         if not path.exists():
-            raise BadArgs(f"{path}: no such file or folder")
+            raise BadArgs(f"{str(path)!r}: no such file or folder")
     extra = [f for f in ("symbols", "interval", "since", "until", "dumps_url", "market", "dest")
              if getattr(a, f) is not None]
     download = None
@@ -125,15 +118,7 @@ def parse_args(argv: list[str] | None = None, today: dt.date | None = None) -> A
     else:
         if not a.symbols or not a.since:
             raise BadArgs("--download needs --symbols A,B and --since YYYY-MM")
-        symbols = tuple(dict.fromkeys(s.strip().upper() for s in a.symbols.split(",") if s.strip()))
-        bad = [s for s in symbols if not s.isalnum()]
-        if not symbols or bad:
-            raise BadArgs(f"--symbols must be comma-separated letters and digits (e.g. BTCUSDT,ETHUSDT), got {a.symbols!r}")
-        interval = a.interval or "1m"
-        try:
-            interval_ms(interval)
-        except ValueError as exc:
-            raise BadArgs(str(exc)) from None
+        symbols, interval = a.symbols, a.interval or "1m"
         since = _month(a.since, "--since")
         today = today or dt.datetime.now(dt.UTC).date()
         yesterday = today - dt.timedelta(days=1)
@@ -152,8 +137,6 @@ def parse_args(argv: list[str] | None = None, today: dt.date | None = None) -> A
         url = (a.dumps_url or DEFAULT_DUMPS_URL).rstrip("/")
         if not re.match(r"https?://[^/]+", url):
             raise BadArgs(f"--dumps-url must start with http:// or https://, got {a.dumps_url!r}")
-        if a.concurrency < 1:
-            raise BadArgs(f"--concurrency must be at least 1, got {a.concurrency}")
         download = Download(symbols, interval, since, until, url, site_market,
                             a.dest or db.parent / "dumps", a.concurrency)
     return Args(db, preset, tuple(a.paths), download, not a.no_progress)
@@ -278,7 +261,7 @@ def main(argv: list[str] | None = None, today: dt.date | None = None) -> int:
     try:
         args = parse_args(argv, today)
     except BadArgs as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(cli.usage_line(PROG, exc), file=sys.stderr)
         return 2
     try:
         prepare(args.db, args.preset.market)  # before any download: a wrong file fails fast
