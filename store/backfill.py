@@ -82,6 +82,7 @@ class Backfill:
         self.writer = Writer(self.db, market=self.preset.market)
         self.progress = config.progress if progress is None else progress
         self.result = Result()
+        self.now: int | None = None  # the server's clock when the run started (ms)
         self._latest: dict[tuple[str, str], int] = {}  # newest open time known to exist
         self._trailing: list[tuple[str, str, int, int]] = []  # absent unless a later candle exists
         self._empty: list[tuple[str, str, int, int]] = []  # confirmed, not yet recorded
@@ -111,6 +112,7 @@ class Backfill:
             except RestError as exc:
                 log.warning("using the local clock for 'now': %s", exc)
                 now = int(time.time() * 1000)
+        self.now = now
         symbols = list(cfg.symbols)
         if cfg.top:
             symbols = await self.client.top_symbols(cfg.top)

@@ -1,0 +1,341 @@
+"""store/backfill.py (+ store/ranges.py): REST backfill and repair against the local exchange.
+
+Real HTTP over loopback to ``LocalExchange`` with its weight budget enforced, a real
+DuckDB file in tmp_path, real ``python -m store.backfill`` subprocesses for the
+kill -9 and CLI tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import sys
+
+import httpx
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+import store
+from market.binance import RejectCounter, parse_rest_klines
+from market.exchange import LocalExchange
+from market.schema import KLINE_SCHEMA
+from store import ranges
+from store.backfill import Backfill, main, plan
+from store.backfill_args import parse_args, parse_date
+from tests.conftest import ROOT, wait_for
+
+MINUTE = 60_000
+pytestmark = pytest.mark.timeout(240)
+
+
+def iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+def floor(ms: int) -> int:
+    return ms - ms % MINUTE
+
+
+def stored(db, symbol: str) -> pl.DataFrame:
+    return store.query("SELECT * FROM klines WHERE symbol = ? ORDER BY open_time", [symbol], db=db).select(
+        list(KLINE_SCHEMA))
+
+
+def truth(ex: LocalExchange, symbol: str, start: int, end_excl: int) -> pl.DataFrame:
+    """The exchange's own closed candles with open_time in [start, end_excl)."""
+    return ex.history(symbol, "1m", start, end_excl - 1)
+
+
+async def run(argv: list[str]) -> Backfill:
+    b = Backfill(parse_args([*argv, "--no-progress"]))
+    await b.run()
+    return b
+
+
+def exchange(symbols, **kw) -> LocalExchange:
+    kw.setdefault("history_minutes", 3000)
+    return LocalExchange(symbols=tuple(symbols), speed=1, **kw)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+async def test_backfill_under_a_small_budget_with_errors_and_slow_answers(tmp_path):
+    db = tmp_path / "b.duckdb"
+    syms = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
+    async with exchange(syms, history_minutes=9000, enforce_weights=True, futures_weight_limit=60,
+                        weight_window="10s") as ex:
+        ex.rest_errors(0.15, 503)
+        ex.rest_latency(0.05)
+        since = floor(ex.now_ms()) - 8000 * MINUTE
+        b = await run(["--db", str(db), "--symbols", ",".join(syms), "--since", iso(since),
+                       "--rest-url", ex.rest_base])
+        assert b.result.exit_code == 0, b.result
+        # 4 x 8000 candles in 499-row pages (weight 2) plus exchangeInfo: > 2 windows of 54
+        assert b.result.weight > 120
+        assert ex.stats.http_5xx > 0  # errors did happen and were retried
+        assert ex.stats.http_418 == 0 and ex.stats.http_429 == 0
+        end = floor(b.now)  # the server's now when the run started: the forming minute
+        for s in syms:
+            got = stored(db, s)
+            assert_frame_equal(got, truth(ex, s, since, end))
+            assert got.height == 8000 or got.height == (end - since) // MINUTE
+            assert got["open_time"].dt.epoch("ms").max() == end - MINUTE  # forming minute not stored
+        assert store.query("SELECT count(*) - count(DISTINCT (symbol, open_time)) AS d FROM klines", db=db)["d"][0] == 0
+
+
+async def test_kill_9_part_way_then_the_same_command_completes(tmp_path):
+    db = tmp_path / "k.duckdb"
+    syms = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    async with exchange(syms, history_minutes=9000, enforce_weights=True, futures_weight_limit=60,
+                        weight_window="10s") as ex:
+        since = floor(ex.now_ms()) - 8000 * MINUTE
+        argv = [sys.executable, "-m", "store.backfill", "--db", str(db), "--symbols", ",".join(syms),
+                "--since", iso(since), "--rest-url", ex.rest_base, "--no-progress"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        first = await asyncio.create_subprocess_exec(*argv, cwd=ROOT, env=env, stderr=asyncio.subprocess.DEVNULL)
+
+        def rows() -> int:
+            if not db.exists():
+                return 0
+            try:
+                return store.query("SELECT count(*) AS n FROM klines", db=db, timeout=2)["n"][0]
+            except store.StoreError:
+                return 0
+
+        await wait_for(lambda: rows() > 0, timeout=120, every=0.1, what="first rows in the store")
+        first.send_signal(signal.SIGKILL)
+        assert await first.wait() == -signal.SIGKILL
+        at_kill = rows()
+        assert 0 < at_kill < 3 * 8000  # really part-way
+        before = ex.now_ms()
+        second = await asyncio.create_subprocess_exec(*argv, cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(second.communicate(), 200)
+        after = ex.now_ms()
+        assert second.returncode == 0, err.decode()
+        assert ex.stats.http_418 == 0
+        for s in syms:
+            got = stored(db, s)
+            last = got["open_time"].dt.epoch("ms").max()
+            assert floor(before) - MINUTE <= last < floor(after)  # up to the rerun's now, closed only
+            assert_frame_equal(got, truth(ex, s, since, last + MINUTE))  # no hole, no duplicate
+
+
+async def test_repair_fills_each_hole_with_one_request(tmp_path):
+    db = tmp_path / "r.duckdb"
+    syms = ["BTCUSDT", "ETHUSDT"]
+    async with exchange(syms, history_minutes=3000) as ex:
+        start = floor(ex.now_ms()) - 2900 * MINUTE
+        end = start + 2800 * MINUTE
+        cuts = {"BTCUSDT": [(10, 11), (100, 105), (400, 520), (1000, 2400)],  # 1, 5, 120, 1400 candles
+                "ETHUSDT": [(50, 53)]}
+        w = store.Writer(db, market="binance-futures")
+        for s in syms:
+            full = truth(ex, s, start, end)
+            keep = [not any(a <= i < b for a, b in cuts[s]) for i in range(full.height)]
+            w.add_klines(full.filter(pl.Series(keep)))
+        w.close()
+        assert sum(len(h) for h in ranges.holes(syms, "1m", db=db).values()) == 5
+        before = ex.stats.rest_requests
+        b = await run(["--db", str(db), "--repair", "--rest-url", ex.rest_base])
+        assert b.result.exit_code == 0, b.result
+        # exchangeInfo plus one request per hole, each with a limit just big enough
+        assert ex.stats.rest_requests - before == 1 + 5
+        assert b.result.weight == 1 + (1 + 1 + 2 + 10) + 1
+        for s in syms:
+            assert_frame_equal(stored(db, s), truth(ex, s, start, end))
+        assert ranges.holes(syms, "1m", db=db) == {}
+        # nothing left to do: a second repair asks for exchangeInfo only
+        before = ex.stats.rest_requests
+        await run(["--db", str(db), "--repair", "--rest-url", ex.rest_base])
+        assert ex.stats.rest_requests - before == 1
+
+
+async def test_empty_ranges_are_recorded_and_not_asked_again(tmp_path):
+    db = tmp_path / "e.duckdb"
+    async with exchange(["BTCUSDT"], history_minutes=600) as ex:
+        first = truth(ex, "BTCUSDT", 0, 2**62)["open_time"].dt.epoch("ms").min()  # the listing, so to say
+        since, until = first - 300 * MINUTE, first + 400 * MINUTE
+        argv = ["--db", str(db), "--symbols", "BTCUSDT", "--since", iso(since), "--until", iso(until),
+                "--rest-url", ex.rest_base]
+        b = await run(argv)
+        assert b.result.exit_code == 0 and b.result.empty_recorded == 1
+        assert_frame_equal(stored(db, "BTCUSDT"), truth(ex, "BTCUSDT", since, until))
+        assert ranges.empty(["BTCUSDT"], "1m", db=db) == {"BTCUSDT": [(since, first)]}
+        got = store.query("SELECT symbol, interval, epoch_ms(end_time) - epoch_ms(start_time) AS span "
+                          "FROM empty_ranges", db=db)
+        assert got.rows() == [("BTCUSDT", "1m", 300 * MINUTE)]
+        before = ex.stats.rest_requests
+        b = await run(argv)  # and again: nothing is missing, only exchangeInfo is asked
+        assert ex.stats.rest_requests - before == 1 and b.result.empty_recorded == 0
+        await run(["--db", str(db), "--repair", "--since", iso(since), "--until", iso(until),
+                   "--rest-url", ex.rest_base])
+        assert ex.stats.rest_requests - before == 2
+
+
+async def test_top_n_picks_the_highest_quote_volume(tmp_path):
+    db = tmp_path / "t.duckdb"
+    syms = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "DOGEUSDT", "XRPUSDT"]
+    async with exchange(syms, history_minutes=120) as ex:
+        async with httpx.AsyncClient() as http:
+            tickers = (await http.get(f"{ex.rest_base}/fapi/v1/ticker/24hr")).json()
+        want = [t["symbol"] for t in sorted(tickers, key=lambda t: -float(t["quoteVolume"]))[:2]]
+        b = await run(["--db", str(db), "--top", "2", "--since", iso(floor(ex.now_ms()) - 30 * MINUTE),
+                       "--rest-url", ex.rest_base])
+        assert b.result.exit_code == 0
+        got = store.query("SELECT DISTINCT symbol FROM klines ORDER BY symbol", db=db)["symbol"].to_list()
+        assert got == sorted(want)
+
+
+async def test_unknown_symbol_is_one_plain_message_and_the_others_continue(tmp_path):
+    db = tmp_path / "u.duckdb"
+    async with exchange(["BTCUSDT"], history_minutes=120) as ex:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "store.backfill", "--db", str(db), "--symbols", "NOPEUSDT,BTCUSDT",
+            "--since", iso(floor(ex.now_ms()) - 60 * MINUTE), "--rest-url", ex.rest_base, "--no-progress",
+            cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+    text = err.decode()
+    assert proc.returncode == 1
+    assert "Traceback" not in text
+    lines = [line for line in text.splitlines() if "NOPEUSDT" in line]
+    assert lines and all("unknown symbol" in line and "Invalid symbol" in line for line in lines)
+    assert lines[0].startswith("skipping NOPEUSDT")
+    assert store.query("SELECT count(*) AS n FROM klines WHERE symbol = 'BTCUSDT'", db=db)["n"][0] == 60
+
+
+async def test_redirect_is_diagnosed_never_followed(tmp_path):
+    db = tmp_path / "x.duckdb"
+    async with exchange(["BTCUSDT"], history_minutes=120) as ex:
+        ex.redirect(60, 302, "https://www.binance.com/en/restricted", scope="rest")
+        b = await run(["--db", str(db), "--symbols", "BTCUSDT", "--since", iso(floor(ex.now_ms()) - 60 * MINUTE),
+                       "--rest-url", ex.rest_base])
+        assert ex.stats.redirected == 1  # one answer, nothing followed or retried
+    msg = b.result.fatal or ""
+    assert b.result.exit_code == 1
+    assert "HTTP 302" in msg and "https://www.binance.com/en/restricted" in msg and "region block" in msg
+    assert "--exchange binance-us" in msg and "--exchange binance-futures " not in msg + " "
+    assert "--demo" not in msg
+
+
+async def test_weight_spent_by_another_process_is_respected(tmp_path):
+    """Someone else on our IP used most of the budget: the headers say so and we wait."""
+    db = tmp_path / "w.duckdb"
+    async with exchange(["BTCUSDT"], history_minutes=3000, enforce_weights=True, futures_weight_limit=60,
+                        weight_window="10s") as ex:
+        async with httpx.AsyncClient() as http:
+            for _ in range(5):  # 50 of 60, outside our limiter's knowledge
+                await http.get(f"{ex.rest_base}/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "1m",
+                                                                         "limit": 1500})
+        b = await run(["--db", str(db), "--symbols", "BTCUSDT", "--since",
+                       iso(floor(ex.now_ms()) - 2500 * MINUTE), "--rest-url", ex.rest_base])
+        assert b.result.exit_code == 0, b.result
+        assert ex.stats.http_429 == 0 and ex.stats.http_418 == 0
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_plan_one_request_per_range_that_fits_else_weight_efficient_pages():
+    assert plan((0, 5 * MINUTE), MINUTE, 1500, 499) == [(0, 5 * MINUTE, 5)]
+    assert plan((0, 1500 * MINUTE), MINUTE, 1500, 499) == [(0, 1500 * MINUTE, 1500)]
+    pages = plan((0, 1600 * MINUTE), MINUTE, 1500, 499)
+    assert [p[2] for p in pages] == [499, 499, 499, 103]
+    assert pages[0][0] == 0 and pages[-1][1] == 1600 * MINUTE
+    assert all(a[1] == b[0] for a, b in zip(pages, pages[1:]))
+
+
+@given(st.lists(st.tuples(st.integers(0, 100), st.integers(1, 20)), max_size=8),
+       st.lists(st.tuples(st.integers(0, 100), st.integers(1, 20)), max_size=8))
+def test_range_subtraction_matches_sets(a, b):
+    ra = [(x, x + n) for x, n in a]
+    rb = [(x, x + n) for x, n in b]
+    expect = {t for x, y in ra for t in range(x, y)} - {t for x, y in rb for t in range(x, y)}
+    got = ranges.subtract(ra, rb)
+    assert {t for x, y in got for t in range(x, y)} == expect
+    assert all(x < y for x, y in got) and got == sorted(got)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--since", "2026-01-01"], "--symbols A,B or --top N"),
+    (["--symbols", "BTCUSDT"], "--since DATE is required"),
+    (["--symbols", "BTCUSDT", "--since", "yesterday"], "is not a date"),
+    (["--symbols", "BTCUSDT", "--since", "2026-02-30"], "is not a date"),
+    (["--symbols", "BTCUSDT", "--since", "2026-01-02", "--until", "2026-01-01"], "must be after --since"),
+    (["--symbols", "BTCUSDT", "--since", "2026-01-01", "--interval", "7m"], "unknown interval '7m'"),
+    (["--symbols", "BTCUSDT", "--since", "2026-01-01", "--exchange", "kraken"], "unknown exchange preset"),
+    (["--symbols", "BTC-USDT", "--since", "2026-01-01"], "is not like BTCUSDT"),
+    (["--top", "0", "--since", "2026-01-01"], "--top must be"),
+    (["--top", "3", "--symbols", "BTCUSDT", "--since", "2026-01-01"], "not both"),
+    (["--symbols", "BTCUSDT", "--since", "2026-01-01", "--rest-url", "ftp://x"], "--rest-url must start"),
+    (["--symbols", "BTCUSDT", "--since", "2026-01-01", "--bogus"], "unrecognized arguments"),
+])
+def test_bad_arguments_are_one_plain_line_and_exit_2(tmp_path, capsys, argv, says):
+    db = tmp_path / "never.duckdb"
+    assert main(["--db", str(db), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and says in err and err.startswith("error: ")
+    assert not db.exists()  # nothing touched before the arguments are good
+
+
+def test_cli_bad_argument_exits_2_without_traceback(tmp_path):
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "store.backfill", "--top", "x"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--top must be" in proc.stderr
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=30))
+def test_any_since_text_is_a_date_or_a_plain_error(text):
+    try:
+        ms = parse_date(text)
+    except ValueError as exc:
+        assert str(exc).count("\n") == 0
+    else:
+        assert 946_684_800_000 <= ms <= 4_102_444_800_000
+
+
+@given(st.lists(st.sampled_from(["--symbols", "BTCUSDT", "--top", "3", "--since", "2026-01-01", "--until",
+                                 "2025-01-01", "--interval", "1h", "5x", "--repair", "--exchange", "binance-spot",
+                                 "nope", ",", "--concurrency", "0", "--db"]), max_size=8))
+def test_any_argument_mix_parses_or_is_a_plain_error(argv):
+    try:
+        cfg = parse_args(argv)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert cfg.repair or cfg.symbols or cfg.top
+        assert cfg.until_ms is None or cfg.since_ms is not None and cfg.until_ms > cfg.since_ms
+
+
+_num = st.integers(1, 10**6).map(lambda n: f"{n / 100:.2f}")
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**6), _num, st.integers(0, 10**4)), max_size=20))
+def test_rest_kline_rows_parse_exactly(specs):
+    """parse_rest_klines (market/binance.py) on valid Binance rows: every one kept, values exact."""
+    rows = []
+    for minute, price, trades in specs:
+        t = 1_700_000_000_000 - 1_700_000_000_000 % MINUTE + minute * MINUTE
+        rows.append([t, price, price, price, price, "1.5", t + MINUTE - 1, "2.5", trades, "0.5", "0.7", "0"])
+    frame = parse_rest_klines(rows, "btcusdt", "1m")
+    assert frame.height == len(rows)
+    assert frame["open_time"].dt.epoch("ms").to_list() == [r[0] for r in rows]
+    assert frame["close"].to_list() == [float(r[4]) for r in rows]
+    assert frame["trades"].to_list() == [r[8] for r in rows]
+    assert set(frame["symbol"]) <= {"BTCUSDT"}
+
+
+@given(st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=5),
+                          st.lists(st.one_of(st.integers(), st.text(max_size=4), st.floats()), max_size=13)),
+                max_size=10))
+def test_rest_kline_junk_rows_are_counted_never_raised(rows):
+    counter = RejectCounter()
+    frame = parse_rest_klines(rows, "BTCUSDT", "1m", counter)
+    assert frame.height + sum(counter.rejected.values()) == len(rows)
