@@ -79,6 +79,7 @@ class ExchangeStats:
     http_429: int = 0  # REST answers 429 (over the weight budget, or rest_fail)
     http_418: int = 0  # REST answers 418 (ignored a Retry-After: banned, or rest_fail)
     http_5xx: int = 0  # REST answers 5xx (rest_fail, rest_errors)
+    dumps_served: int = 0  # /data/... zips and CHECKSUMs
 
 
 

@@ -100,12 +100,19 @@ class Faults:
             True: WeightBudget(self._weights["futures"], self._weights["window"], self._weights["ban_seconds"], on),
             False: WeightBudget(self._weights["spot"], self._weights["window"], self._weights["ban_seconds"], on)}
 
+    def dump_style(self, header: bool | None = None, time_unit: str | None = None) -> None:
+        """Force the dumps' header row (True/False) and time unit ("ms"/"us"); None: Binance's rule."""
+        if time_unit not in (None, "ms", "us"):
+            raise ValueError("time_unit must be ms or us")
+        self._dump_style = (header, time_unit)
+
     def reset_faults(self) -> None:
         """Every fault off; the weight budgets keep their settings but forget bans and counts."""
         self._end_stall()
         self._refuse_until, self._duplicate, self._late_ms, self._rest_fail = 0.0, False, 0, (0, 429, 1.0)
         self._rest_errors, self._rest_latency, self._delisted = (0.0, 503), 0.0, set()
         self._redirect = (0.0, 302, DEFAULT_LOCATION, ())
+        self._dump_style = (None, None)
         for budget in self.budgets.values():
             budget.clear()
         for conn in self._conns:
@@ -154,6 +161,9 @@ class Faults:
                                  float(q["ban_seconds"]) if "ban_seconds" in q else None)
                 out = {"ok": True, "rateLimits": {"futures": self.budgets[True].rate_limit(),
                                                   "spot": self.budgets[False].rate_limit()}}
+            elif name == "dump_style":
+                auto = lambda key: None if q.get(key, "auto") == "auto" else q[key]  # noqa: E731
+                self.dump_style(None if auto("header") is None else on("header"), auto("time_unit"))
             elif name == "reset":
                 self.reset_faults()
             elif name == "stats":

@@ -20,6 +20,11 @@ def json_response(status: int, body: Any, extra: tuple[tuple[str, str], ...] = (
     return Response(status, "Error", headers, data)
 
 
+def bytes_response(status: int, data: bytes, content_type: str) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data))), ("Connection", "close")])
+    return Response(status, HTTPStatus(status).phrase, headers, data)
+
+
 def text(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 

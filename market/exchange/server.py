@@ -29,6 +29,7 @@ from websockets.http11 import Request, Response
 
 from market.exchange.config import ExchangeConfig, ExchangeStats
 from market.exchange.control import Faults
+from market.exchange.dumps import DumpSite
 from market.exchange.responses import json_response as _json
 from market.exchange.rest import Rest, rest_route
 from market.exchange.streams import Streams, _Conn
@@ -40,7 +41,7 @@ _REGION_MSG = ("Service unavailable from a restricted location according to 'b. 
                "you received this message in error.")
 
 
-class LocalExchange(Faults, Rest, Streams):
+class LocalExchange(Faults, Rest, DumpSite, Streams):
     """A Binance-compatible market-data server; see the module docstring.
 
     ``LocalExchange(symbols=("BTCUSDT",), speed=60)`` or ``LocalExchange(config)``;
@@ -76,6 +77,9 @@ class LocalExchange(Faults, Rest, Streams):
         self._late: list[tuple[int, int, str, int]] = []  # (due, seq, stream, open_ms)
         self._late_seq = itertools.count()
         self._parsed: dict[str, tuple] = {}  # stream name -> parsed (or () if not served)
+        self._dump_market: SyntheticMarket | None = None  # its own caches: built in a worker thread
+        self._dump_cache: dict[tuple, tuple[str, bytes]] = {}
+        self._dump_lock = asyncio.Lock()
         self._init_faults()
 
     # -- lifecycle -----------------------------------------------------------
@@ -173,6 +177,8 @@ class LocalExchange(Faults, Rest, Streams):
         route = rest_route(url.path)
         if route is not None:
             return await self._rest(*route, query)
+        if url.path.startswith("/data/"):
+            return await self._dump(url.path)
         if self._ws_route(url.path) is None:
             return _json(404, {"code": -1, "msg": f"Unknown path {url.path}"})
         redirect = self._redirect_response("ws")
