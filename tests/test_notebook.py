@@ -17,13 +17,14 @@ from pathlib import Path
 import duckdb
 import nbclient
 import nbformat
+import numpy as np
 import polars as pl
 import pytest
 
 import store
 from market.indicators import WARMUP, add_indicators, add_signal
 from market.schema import INDICATOR_SCHEMA, TICKER_SCHEMA
-from tests.conftest import ROOT, random_klines
+from tests.conftest import ROOT, random_klines, talib_indicators
 
 NOTEBOOK = ROOT / "notebooks" / "explore.ipynb"
 END = dt.datetime(2026, 1, 3, 2, 0)  # every symbol's history ends just before this
@@ -76,6 +77,17 @@ def build_tickers(klines: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def talib_frame(klines: pl.DataFrame) -> pl.DataFrame:
+    """The expected indicators: TA-Lib per symbol over the stored closes (open_time order)."""
+    parts = []
+    for _, g in klines.sort("symbol", "open_time").group_by("symbol", maintain_order=True):
+        ref = talib_indicators(g["close"].to_numpy())
+        parts.append(g.select("symbol", "interval", "open_time").with_columns(
+            *(pl.Series(name, ref[name]).fill_nan(None) for name in ("rsi", "stoch_k", "stoch_d")),
+            pl.Series("signal", ref["signal"], dtype=pl.String)))
+    return pl.concat(parts)
+
+
 def make_db(path: Path, *, with_indicators: bool = True) -> dict:
     klines = build_klines()
     indicators = add_signal(add_indicators(klines))
@@ -86,7 +98,8 @@ def make_db(path: Path, *, with_indicators: bool = True) -> dict:
         writer.add_indicators(indicators.select(list(INDICATOR_SCHEMA)))
     writer.add_tickers(tickers)
     assert writer.flush() == klines.height * (2 if with_indicators else 1) + tickers.height
-    return {"db": path, "klines": klines, "indicators": indicators, "tickers": tickers}
+    # what the tests expect comes from TA-Lib, not from the code that filled the table
+    return {"db": path, "klines": klines, "indicators": talib_frame(klines), "tickers": tickers}
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +213,10 @@ def test_notebook_runs_on_a_populated_database(data, kernel_env, monkeypatch):
     assert first["open"] == pytest.approx(ours["open"][0]) and last["close"] == pytest.approx(ours["close"][-1])
     assert first["open_time"] == str(ours["open_time"][0]) and first["interval"] == "1h"
     assert last["rsi"] is not None and last["stoch_d"] is not None
+    hourly_ref = talib_indicators(np.array([r["close"] for r in out["hourly"]], dtype=float))
+    hourly_rsi = np.array([np.nan if r["rsi"] is None else r["rsi"] for r in out["hourly"]], dtype=float)
+    assert np.array_equal(np.isnan(hourly_rsi), np.isnan(hourly_ref["rsi"]))
+    np.testing.assert_allclose(hourly_rsi[14:], hourly_ref["rsi"][14:], rtol=0, atol=1e-9)
     x0, x1 = x_range(code[5])  # fewer than 150 hours: all of them in view
     assert x0 < ours["open_time"][0].timestamp() * 1000 and x1 > ours["open_time"][-1].timestamp() * 1000
 
