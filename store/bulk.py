@@ -68,18 +68,20 @@ def session(
         g.end_write()
 
 
-def _replace(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, schema: dict) -> int:
+def _replace(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, schema: dict, *,
+             delete: bool = True) -> int:
     """Delete ``frame``'s keys from ``table`` and insert ``frame``; returns how many rows were deleted.
 
     ``frame`` holds one symbol and interval; the time range bound lets DuckDB skip
-    row groups by their min/max instead of scanning the table.
+    row groups by their min/max instead of scanning the table. ``delete=False``
+    when the caller knows none of the keys is stored.
     """
     symbol, interval = frame["symbol"][0], frame["interval"][0]
     lo, hi = frame["open_time"].min(), frame["open_time"].max()
     cols = ", ".join(f'"{c}"' for c in schema)
     con.register("batch", frame.select(list(schema)).to_arrow())
     try:
-        deleted = con.execute(
+        deleted = 0 if not delete else con.execute(
             f"DELETE FROM {table} WHERE symbol = ? AND interval = ? AND open_time BETWEEN ? AND ? "
             "AND open_time IN (SELECT open_time FROM batch)",
             [symbol, interval, lo, hi],
@@ -90,18 +92,32 @@ def _replace(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, sc
     return int(deleted)
 
 
-def load_klines(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> int:
+def load_klines(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> tuple[int, int]:
     """Store one file's candles (one symbol+interval, unique open_time) in one transaction.
 
-    Returns how many stored candles they replaced. Nothing is kept on failure.
+    Returns (replaced, changed): how many of its keys were already stored, and how
+    many of those held other values. Stored rows equal to the file's are left as
+    they are, so a re-import rewrites nothing. Nothing is kept on failure.
     """
     if frame.height == 0:
-        return 0
+        return 0, 0
+    symbol, interval = frame["symbol"][0], frame["interval"][0]
     try:
         con.execute("BEGIN")
-        replaced = _replace(con, "klines", frame, KLINE_SCHEMA)
+        stored = con.sql(
+            "SELECT * FROM klines WHERE symbol = ? AND interval = ? AND open_time BETWEEN ? AND ?",
+            params=[symbol, interval, frame["open_time"].min(), frame["open_time"].max()],
+        ).pl()
+        replaced = changed = 0
+        if stored.height:
+            stored = stored.select(list(KLINE_SCHEMA)).cast(KLINE_SCHEMA)
+            replaced = frame.join(stored, on="open_time", how="semi").height
+            frame = frame.join(stored, on=list(KLINE_SCHEMA), how="anti", nulls_equal=True)
+            changed = frame.join(stored, on="open_time", how="semi").height
+        if frame.height:
+            _replace(con, "klines", frame, KLINE_SCHEMA, delete=changed > 0)
         con.execute("COMMIT")
-        return replaced
+        return replaced, changed
     except duckdb.Error as exc:
         with contextlib.suppress(duckdb.Error):
             con.execute("ROLLBACK")
@@ -133,18 +149,20 @@ def refresh_indicators(
     except duckdb.Error as exc:
         raise StoreError(f"reading {symbol} {interval} for indicators failed: {exc}") from exc
     fresh = add_signal(add_indicators(closes)).filter(pl.col("open_time") >= since)
-    both = fresh.join(stored.cast({"open_time": fresh.schema["open_time"]}), on="open_time",
-                      how="left", suffix="_old")
-    differs = pl.col("_stored").is_null() | pl.col("signal").ne_missing(pl.col("signal_old"))
-    for col in ("rsi", "stoch_k", "stoch_d"):
-        new, old = pl.col(col), pl.col(f"{col}_old")
-        differs |= new.is_null().ne(old.is_null()) | ((new - old).abs() > SAME).fill_null(False)
-    changed = both.filter(differs).select(list(INDICATOR_SCHEMA)).cast(INDICATOR_SCHEMA)
+    if stored.height:
+        both = fresh.join(stored.cast({"open_time": fresh.schema["open_time"]}), on="open_time",
+                          how="left", suffix="_old")
+        differs = pl.col("_stored").is_null() | pl.col("signal").ne_missing(pl.col("signal_old"))
+        for col in ("rsi", "stoch_k", "stoch_d"):
+            new, old = pl.col(col), pl.col(f"{col}_old")
+            differs |= new.is_null().ne(old.is_null()) | ((new - old).abs() > SAME).fill_null(False)
+        fresh = both.filter(differs)
+    changed = fresh.select(list(INDICATOR_SCHEMA)).cast(INDICATOR_SCHEMA)
     if changed.height == 0:
         return 0
     try:
         con.execute("BEGIN")
-        _replace(con, "indicators", changed, INDICATOR_SCHEMA)
+        _replace(con, "indicators", changed, INDICATOR_SCHEMA, delete=stored.height > 0)
         con.execute("COMMIT")
     except duckdb.Error as exc:
         with contextlib.suppress(duckdb.Error):

@@ -64,6 +64,7 @@ class FileReport:
     path: Path
     rows: int = 0
     replaced: int = 0
+    changed: int = 0
     error: str | None = None
 
 
@@ -170,8 +171,11 @@ def check_market(path: Path, preset: Preset) -> None:
 
 
 def import_files(files: list[Path], db: Path, preset: Preset, *, progress: bool = True,
-                 workers: int = 2) -> tuple[list[FileReport], list[str]]:
-    """Import ``files``; returns one report per file (in order) and one line per refreshed series."""
+                 workers: int = 2, indicators: bool = True) -> tuple[list[FileReport], list[str]]:
+    """Import ``files``; returns one report per file (in order) and one line per refreshed series.
+
+    ``indicators=False`` skips the indicator refresh (the benchmark times it apart).
+    """
     reports = {f: FileReport(f) for f in files}
     series: dict[tuple[str, str], list[tuple[dumps.Dump, Path]]] = collections.defaultdict(list)
     for f in files:
@@ -210,13 +214,13 @@ def import_files(files: list[Path], db: Path, preset: Preset, *, progress: bool 
                         except Exception as exc:  # noqa: BLE001 - refuse the file, keep going
                             reports[path].error = f"{path.name}: unreadable ({type(exc).__name__}: {exc})"
                         else:
-                            reports[path].replaced = load_klines(con, frame)
+                            reports[path].replaced, reports[path].changed = load_klines(con, frame)
                             reports[path].rows = frame.height
                             if frame.height:
                                 first = frame["open_time"][0]
                                 since = first if since is None else min(since, first)
                         bar.update(path.stat().st_size)
-                    if since is not None:
+                    if since is not None and indicators:
                         written = refresh_indicators(con, symbol, interval, since)
                         lines.append(f"indicators {symbol} {interval}: {written:,} rows written "
                                      f"({time.perf_counter() - started:.2f} s with its candles)")
@@ -284,7 +288,7 @@ def main(argv: list[str] | None = None, today: dt.date | None = None) -> int:
     reports += failed
     for r in reports:
         if r.error is None:
-            print(f"loaded   {r.path}: {r.rows:,} rows, {r.replaced:,} replaced")
+            print(f"loaded   {r.path}: {r.rows:,} rows, {r.replaced:,} replaced ({r.changed:,} changed)")
         else:
             print(f"REFUSED  {r.path}: {r.error}")
     for line in notes + lines:

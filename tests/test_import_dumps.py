@@ -126,14 +126,14 @@ def test_reimport_changes_nothing_and_overlap_replaces(tmp_path, capsys):
     assert run(capsys, "--db", db, tree)[0] == 0
     before_k, before_i = klines(db), indicators(db)
     code, out, _ = run(capsys, "--db", db, tree)
-    assert code == 0 and "41,760 rows, 41,760 replaced" in out
+    assert code == 0 and "41,760 rows, 41,760 replaced (0 changed)" in out
     assert_frame_equal(klines(db), before_k, check_exact=True)
     assert_frame_equal(indicators(db), before_i, check_exact=True)
     # a daily file with corrected prices for one day: newest wins, 1,440 replaced
     day = feb.filter(pl.col("open_time").dt.day() == 10).with_columns(pl.col("close") * 1.01)
     daily = write_dump(tmp_path / "fix", day, dt.date(2024, 2, 10))
     code, out, _ = run(capsys, "--db", db, daily)
-    assert code == 0 and "1,440 rows, 1,440 replaced" in out
+    assert code == 0 and "1,440 rows, 1,440 replaced (1,440 changed)" in out
     expected = feb.update(day, on=["symbol", "interval", "open_time"])
     assert_frame_equal(klines(db), expected, check_exact=True)
     assert_full_history_indicators(db)
