@@ -72,3 +72,109 @@ def test_coverage_and_gaps_find_the_holes(db):
         ("ETHUSDT", dt.datetime(2026, 1, 1, 0, 50), 1),
     ]
     assert history.gaps(db=path, symbol="BTCUSDT").height == 0
+
+
+# -- long-history paths (zone-map tails, two-pass gaps, at_exchange) --------------------
+
+MIN = dt.timedelta(minutes=1)
+T0 = dt.datetime(2026, 1, 1)
+
+
+def _naive_gaps(data: pl.DataFrame) -> list[tuple]:
+    """Gaps computed the obvious way, in polars: consecutive stored candles more than a minute apart."""
+    ordered = data.sort("symbol", "open_time").with_columns(nxt=pl.col("open_time").shift(-1).over("symbol"))
+    found = ordered.filter(pl.col("nxt") - pl.col("open_time") > pl.duration(minutes=1))
+    return [(s, t + MIN, n, (n - t) // MIN - 1) for s, t, n in found.select("symbol", "open_time", "nxt").iter_rows()]
+
+
+def test_recent_klines_reaches_past_holes_near_the_end(db):
+    path, data = db  # ETHUSDT lacks minutes 10-12 and 50 of 100
+    got = history.recent_klines(["ETHUSDT", "BTCUSDT"], "1m", 60, db=path)
+    expected = data.sort(KEY).group_by("symbol", maintain_order=True).tail(60)
+    assert_frame_equal(got, expected)
+    assert got.filter(pl.col("symbol") == "ETHUSDT")["open_time"].min() == T0 + 39 * MIN
+    # more than stored: everything, once
+    assert history.recent_klines(["ETHUSDT"], "1m", 1000, db=path).height == 96
+    assert history.recent_klines(["ETHUSDT", "ETHUSDT"], "1m", 3, db=path).height == 3
+
+
+def test_with_indicators_limit_past_holes_matches_the_join(db):
+    path, _ = db
+    full = history.with_indicators("ETHUSDT", db=path)
+    assert full.height == 96 and full["rsi"].null_count() == 14
+    got = history.with_indicators("ETHUSDT", db=path, limit=60)
+    assert_frame_equal(got, full.tail(60))
+    assert history.with_indicators("ETHUSDT", db=path, limit=0).height == 0
+    assert history.with_indicators("NOPE", db=path, limit=5).height == 0
+
+
+@pytest.fixture
+def long_db(tmp_path, monkeypatch):
+    """Three days of two symbols with holes inside, across and over whole blocks of 60 minutes."""
+    monkeypatch.setattr(history, "_BLOCK", 60)
+    data = random_klines(["AAAUSDT", "BBBUSDT"], 3 * 1440)
+    minute = (pl.col("open_time") - T0).dt.total_minutes()
+    holes = {
+        "AAAUSDT": [*range(5, 8), *range(59, 61), *range(119, 300), 1439, 1440, *range(2000, 2100)],
+        "BBBUSDT": [0, 1, 600, *range(660, 720), 4319],
+    }
+    cut = pl.lit(False)
+    for sym, ms in holes.items():
+        cut = cut | ((pl.col("symbol") == sym) & minute.is_in(ms))
+    kept = data.filter(~cut)
+    path = tmp_path / "long.duckdb"
+    w = store.Writer(path)
+    w.add_klines(kept)
+    w.flush()
+    return path, kept
+
+
+def test_gaps_two_pass_agrees_with_a_naive_diff(long_db, monkeypatch):
+    path, kept = long_db
+    expected = _naive_gaps(kept)
+    got = history.gaps(db=path)
+    assert got.columns == ["symbol", "gap_start", "gap_end", "missing", "at_exchange"]
+    assert got.select("symbol", "gap_start", "gap_end", "missing").rows() == expected
+    assert got["at_exchange"].to_list() == [False] * len(expected)
+    assert ("AAAUSDT", T0 + 119 * MIN, T0 + 300 * MIN, 181) in expected  # spans whole blocks
+    # the one-join fallback for stores with many candidate runs gives the same answer
+    monkeypatch.setattr(history, "_MAX_RANGES", 0)
+    assert history.gaps(db=path).rows() == got.rows()
+    assert history.gaps(db=path, symbol="BBBUSDT").rows() == got.filter(pl.col("symbol") == "BBBUSDT").rows()
+
+
+def test_gaps_at_exchange_needs_the_whole_gap_confirmed(long_db):
+    from store.ranges import record_empty
+
+    path, _ = long_db
+
+    def ms(minute: int) -> int:
+        return int((T0 + minute * MIN).replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+    record_empty(
+        [
+            ("AAAUSDT", "1m", ms(5), ms(8)),  # exactly the 3-minute gap
+            ("AAAUSDT", "1m", ms(119), ms(200)),  # two touching ranges cover 119..299
+            ("AAAUSDT", "1m", ms(200), ms(300)),
+            ("AAAUSDT", "1m", ms(2000), ms(2050)),  # only half of 2000..2099
+            ("BBBUSDT", "5m", ms(600), ms(605)),  # another interval: not ours
+            ("BBBUSDT", "1m", ms(0), ms(10_000)),  # but not AAAUSDT's
+        ],
+        db=path,
+    )
+    got = {(s, start): flag for s, start, flag in history.gaps(db=path).select("symbol", "gap_start", "at_exchange").iter_rows()}
+    assert got[("AAAUSDT", T0 + 5 * MIN)] is True
+    assert got[("AAAUSDT", T0 + 119 * MIN)] is True
+    assert got[("AAAUSDT", T0 + 2000 * MIN)] is False
+    assert got[("AAAUSDT", T0 + 59 * MIN)] is False
+    assert all(flag for (s, _), flag in got.items() if s == "BBBUSDT")
+
+
+def test_gaps_on_a_store_without_holes_or_rows(tmp_path):
+    path = tmp_path / "e.duckdb"
+    store.prepare(path)
+    assert history.gaps(db=path).height == 0
+    w = store.Writer(path)
+    w.add_klines(random_klines(["AAAUSDT"], 50))
+    w.flush()
+    assert history.gaps(db=path).height == 0
