@@ -274,6 +274,7 @@ def candles(
     interval: str,
     start: dt.datetime | None = None,
     end: dt.datetime | None = None,
+    limit: int | None = None,
     *,
     db: Db = None,
 ) -> pl.DataFrame:
@@ -286,16 +287,44 @@ def candles(
     alignment, so 1d starts at 00:00 UTC). KLINE_SCHEMA rows sorted by open_time;
     an absent database file gives an empty frame. Only a few thousand rows leave
     DuckDB whatever the span, so a year at 1d costs one scan of the symbol's rows.
+
+    ``limit``: at most that many candles, the newest ones of the range. Only the
+    rows of the last ``limit`` candle spans before the newest stored one are
+    aggregated (a range DuckDB's zone maps answer), and the whole range only when
+    holes leave fewer candles there.
     """
-    if not resolve_db(db).exists():
+    if not resolve_db(db).exists() or (limit is not None and limit < 1):
         return empty(KLINE_SCHEMA)
     step = interval_ms(interval)
     sources = _sources(interval)
     lo = None if start is None else _align(start, step, up=False)
     hi = None if end is None else _align(end, step, up=True)
-    return query(
+    with reader(db) as con:
+        if limit is None:
+            return _candles(con, symbol, interval, sources, lo, hi)
+        newest = _run(
+            con,
+            """SELECT max(open_time) AS t FROM klines WHERE symbol = ? AND interval IN (SELECT unnest(?::VARCHAR[]))
+                 AND open_time < coalesce(?::TIMESTAMP, 'infinity'::TIMESTAMP)""",
+            [symbol, sources, hi],
+        )["t"][0]
+        if newest is None:
+            return empty(KLINE_SCHEMA)
+        near = _align(newest, step, up=False) - dt.timedelta(milliseconds=step * (limit - 1))
+        if lo is None or near > lo:
+            got = _candles(con, symbol, interval, sources, near, hi)
+            if got.height >= limit:
+                return got.tail(limit)
+        return _candles(con, symbol, interval, sources, lo, hi).tail(limit)
+
+
+def _candles(con: duckdb.DuckDBPyConnection, symbol: str, interval: str, sources: list[str],
+             lo: dt.datetime | None, hi: dt.datetime | None) -> pl.DataFrame:
+    step = interval_ms(interval)
+    return _run(
+        con,
         """WITH b AS (
-             SELECT epoch_ms(epoch_ms(open_time) // ? * ?) AS bucket, interval AS src,
+             SELECT make_timestamp(epoch_us(open_time) // ? * ?) AS bucket, interval AS src,
                     arg_min(open, open_time) AS open, max(high) AS high, min(low) AS low,
                     arg_max(close, open_time) AS close, sum(volume) AS volume,
                     sum(quote_volume) AS quote_volume, sum(trades)::BIGINT AS trades,
@@ -318,9 +347,8 @@ def candles(
              ORDER BY n * list_extract(?::BIGINT[], list_position(?::VARCHAR[], src)) >= ? DESC,
                       list_position(?::VARCHAR[], src)) = 1
            ORDER BY open_time""",
-        [step, step, symbol, sources, lo, hi, symbol, interval, step,
+        [step * 1000, step * 1000, symbol, sources, lo, hi, symbol, interval, step,
          [INTERVAL_MS[s] for s in sources], sources, step, sources],
-        db=db,
     ).select(list(KLINE_SCHEMA)).cast(KLINE_SCHEMA)
 
 

@@ -178,3 +178,37 @@ def test_gaps_on_a_store_without_holes_or_rows(tmp_path):
     w.add_klines(random_klines(["AAAUSDT"], 50))
     w.flush()
     assert history.gaps(db=path).height == 0
+
+
+def test_candles_equal_polars_resample_and_limit_takes_the_newest(long_db):
+    from market.candles import resample
+
+    path, kept = long_db
+    a = kept.filter(pl.col("symbol") == "AAAUSDT")
+    for interval in ("15m", "1h", "4h", "1d"):
+        got = history.candles("AAAUSDT", interval, db=path)
+        assert_frame_equal(got, resample(a, interval), check_exact=False, rel_tol=1e-12)
+    start, end = T0 + 100 * MIN, T0 + 2200 * MIN  # aligned to whole hours: 01:00 .. 37:00
+    ranged = history.candles("AAAUSDT", "1h", start, end, db=path)
+    ref = resample(a.filter(pl.col("open_time").is_between(T0 + 60 * MIN, T0 + 2220 * MIN, closed="left")), "1h")
+    assert_frame_equal(ranged, ref, check_exact=False, rel_tol=1e-12)
+    full = history.candles("AAAUSDT", "1h", db=path)
+    assert_frame_equal(history.candles("AAAUSDT", "1h", None, None, 5, db=path), full.tail(5))
+    # hours 2-4 are empty (minutes 119-299 missing), inside the newest 35 spans: the whole range is read
+    assert_frame_equal(history.candles("AAAUSDT", "1h", None, end, 35, db=path),
+                       full.filter(pl.col("open_time") < end).tail(35))
+    assert history.candles("AAAUSDT", "1h", None, None, 10_000, db=path).height == full.height
+    assert history.candles("NOPE", "1h", None, None, 5, db=path).height == 0
+
+
+def test_candles_use_stored_coarser_candles_where_no_1m_is_kept(tmp_path):
+    path = tmp_path / "mixed.duckdb"
+    hourly = random_klines(["AAAUSDT"], 48, interval_s=3600, interval="1h", seed=3)
+    minutes = random_klines(["AAAUSDT"], 24 * 60, start=T0 + dt.timedelta(hours=24), seed=4)
+    w = store.Writer(path)
+    w.add_klines(pl.concat([hourly, minutes]))
+    w.flush()
+    got = history.candles("AAAUSDT", "1h", db=path)
+    assert got.height == 48
+    assert_frame_equal(got.head(24), hourly.head(24))  # no 1m there: the stored hours
+    assert got["open"][24] == minutes["open"][0] and got["close"][24] == minutes["close"][59]
