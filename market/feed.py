@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from market.binance import Parser
 from market.presets import stream_names, stream_urls
-from market.rest import KlineClient, RestError
+from market.rest import KlineClient, RestError, absent_ranges
 from market.schema import interval_ms
 from market.stream import Batch, Connection, ConnectionStatus, FeedConfig
 
@@ -55,6 +55,50 @@ class FeedStatus:
         return text
 
 
+class EmptyRanges:
+    """Candle ranges [a, b) (ms) REST confirmed absent at the exchange, per symbol, in memory.
+
+    The feed skips them when it repairs, and records what its own fetches prove
+    absent (a stretch the answer skipped, followed by a candle it did return) in
+    ``new`` for the owner to persist (store.ranges.record_empty into empty_ranges).
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, list[tuple[int, int]]] = {}
+        self.new: list[tuple[str, int, int]] = []
+
+    def load(self, known: dict[str, list[tuple[int, int]]]) -> None:
+        for symbol, spans in known.items():
+            for a, b in spans:
+                self._add(symbol, a, b)
+
+    def _add(self, symbol: str, a: int, b: int) -> None:
+        spans = sorted([*self._known.get(symbol, []), (a, b)])
+        merged: list[tuple[int, int]] = []
+        for x, y in spans:
+            if merged and x <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], y))
+            else:
+                merged.append((x, y))
+        self._known[symbol] = merged
+
+    def found(self, symbol: str, a: int, b: int) -> None:
+        if b > a and self.skip(symbol, a) < b:
+            self._add(symbol, a, b)
+            self.new.append((symbol, a, b))
+
+    def skip(self, symbol: str, start: int) -> int:
+        """``start``, or the end of the confirmed-absent range it falls in."""
+        for a, b in self._known.get(symbol, ()):
+            if a <= start < b:
+                return b
+        return start
+
+    def take_new(self) -> list[tuple[str, int, int]]:
+        new, self.new = self.new, []
+        return new
+
+
 class Feed:
     """All connections for ``config.symbols`` plus their gap repair, feeding ``queue``."""
 
@@ -65,8 +109,10 @@ class Feed:
         *,
         last_closed: Callable[[str], int | None] = lambda symbol: None,
         rest: KlineClient | None = None,
+        empty: EmptyRanges | None = None,
     ) -> None:
         self.config = config
+        self.empty = empty if empty is not None else EmptyRanges()
         self.queue = queue
         self.last_closed = last_closed
         self.parser = Parser(config.symbols)
@@ -121,8 +167,11 @@ class Feed:
             for i, symbol in enumerate(symbols, 1):
                 last = known[symbol] if known is not None else self.last_closed(symbol)
                 start = last + step if last is not None else (now_ms // step - self.config.lookback) * step
+                start = self.empty.skip(symbol, start)  # never ask again for what the exchange lacks
                 self._backfill = f"backfilling {symbol} ({i}/{len(symbols)})"
+                rejected = sum(self.rest.counter.rejected.values())
                 try:
+                    await self.rest.ensure_budget()
                     frame = await self.rest.fetch(symbol, self.config.interval, start, closed_before=now_ms)
                 except RestError as exc:
                     self._backfill_errors += 1
@@ -130,6 +179,12 @@ class Feed:
                     retry = ([symbol], None, {symbol: last})  # the same range, up to the clock then
                     asyncio.get_running_loop().call_later(30, self._requests.put_nowait, retry)
                     continue
+                if frame.height and sum(self.rest.counter.rejected.values()) == rejected:
+                    times = frame["open_time"].dt.epoch("ms").to_list()
+                    # stretches skipped before a candle that did come are absent at the exchange
+                    # (unless a row was rejected as malformed: then we cannot tell)
+                    for a, b in absent_ranges(times, start, times[-1], step):
+                        self.empty.found(symbol, a, b)
                 if frame.height:
                     self.backfilled_rows += frame.height
                     await self.queue.put(Batch(rest=frame))

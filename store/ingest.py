@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -23,9 +24,10 @@ from pathlib import Path
 
 from market import cli
 from market.presets import COMMON_FLAGS, DEFAULT_PRESET, DEFAULT_SYMBOLS, Preset, custom_preset, get_preset
-from market.feed import Feed, FeedStatus
+from market.feed import EmptyRanges, Feed, FeedStatus
 from market.live import LiveState
 from market.stream import Batch, FeedConfig
+from store import ranges
 from store.db import StoreError, prepare, resolve_db
 from store.history import recent_klines
 from store.writer import Writer, WriterStatus
@@ -90,7 +92,9 @@ class Pipeline:
                                        max_pending_rows=config.max_pending_rows)
         self.state = LiveState(list(config.symbols), config.interval, keep=config.keep)
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=config.queue_size)
-        self.feed = Feed(config.feed_config(), self.queue, last_closed=self.state.last_closed)
+        #: ranges REST confirmed absent at the exchange: the feed never asks for them again
+        self.empty = EmptyRanges()
+        self.feed = Feed(config.feed_config(), self.queue, last_closed=self.state.last_closed, empty=self.empty)
         self.started = asyncio.Event()
         self.batches = 0
         #: symbols that delivered a candle or ticker (stream or REST) since the start
@@ -120,6 +124,8 @@ class Pipeline:
             log.warning("starting without stored history: %s", exc)
             return
         self.state.seed(history)
+        with contextlib.suppress(StoreError):
+            self.empty.load(await asyncio.to_thread(ranges.empty, self.config.symbols, self.config.interval, db=self.db))
         log.info("loaded %d stored candles for %d symbols", history.height, history["symbol"].n_unique())
 
     async def _consume(self) -> None:
@@ -165,6 +171,12 @@ class Pipeline:
                 await asyncio.to_thread(self.writer.flush)
             except StoreError as exc:  # rows stay queued; the status shows the error
                 log.error("cannot write to the database, will retry: %s", exc)
+            if found := self.empty.take_new():
+                try:
+                    await asyncio.to_thread(ranges.record_empty, [(s, self.config.interval, a, b) for s, a, b in found],
+                                            db=self.db)
+                except StoreError:
+                    self.empty.new[:0] = found  # next time
             now_ms = self.feed.status().last_event_ms or int(time.time() * 1000)
             for symbol, after in self.state.holes(now_ms):
                 tries, at = asked.get((symbol, after), (0, 0.0))

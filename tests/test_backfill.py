@@ -339,3 +339,43 @@ def test_rest_kline_junk_rows_are_counted_never_raised(rows):
     counter = RejectCounter()
     frame = parse_rest_klines(rows, "BTCUSDT", "1m", counter)
     assert frame.height + sum(counter.rejected.values()) == len(rows)
+
+
+# ----------------------------------------------------------------------------- the live pipeline
+
+
+def test_feed_empty_ranges_skip_and_merge():
+    from market.feed import EmptyRanges
+    e = EmptyRanges()
+    e.load({"BTCUSDT": [(0, 10), (10, 20)]})
+    assert e.skip("BTCUSDT", 5) == 20 and e.skip("BTCUSDT", 20) == 20 and e.skip("ETHUSDT", 5) == 5
+    e.found("BTCUSDT", 3, 8)  # already known: nothing new to record
+    e.found("BTCUSDT", 30, 40)
+    assert e.take_new() == [("BTCUSDT", 30, 40)] and e.take_new() == []
+    assert e.skip("BTCUSDT", 35) == 40
+
+
+async def test_live_pipeline_records_what_rest_proves_absent(tmp_path):
+    """The ingest pipeline's first backfill asks for more than the exchange has (lookback
+    100 minutes, history 30): the stretch before its first candle lands in empty_ranges."""
+    from store.ingest import IngestConfig, Pipeline
+    db = tmp_path / "live.duckdb"
+    async with exchange(["BTCUSDT"], history_minutes=30) as ex:
+        first = truth(ex, "BTCUSDT", 0, 2**62)["open_time"].dt.epoch("ms").min()
+        p = Pipeline(IngestConfig(db=db, symbols=("BTCUSDT",), ws_url=ex.ws_base, rest_url=ex.rest_base,
+                                  lookback=100, flush_every=0.2))
+        task = asyncio.create_task(p.run())
+
+        def recorded() -> dict:
+            try:
+                return ranges.empty(["BTCUSDT"], "1m", db=db) if db.exists() else {}
+            except store.StoreError:
+                return {}
+        try:
+            await wait_for(lambda: recorded(), timeout=90, every=0.2, what="an empty range recorded")
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    [(a, b)] = recorded()["BTCUSDT"]
+    assert b == first and b - a >= 60 * MINUTE  # about 70 minutes before the history starts
