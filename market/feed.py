@@ -116,7 +116,8 @@ class Feed:
         self.queue = queue
         self.last_closed = last_closed
         self.parser = Parser(config.symbols)
-        self.rest = rest if rest is not None else KlineClient(config.preset, counter=self.parser.counter)
+        self.rest = rest if rest is not None else KlineClient(config.preset, counter=self.parser.counter,
+                                                              flags=config.flags)
         streams = stream_names(config.symbols, config.interval, config.tickers)
         per_conn = config.preset.max_streams
         self.connections = []
