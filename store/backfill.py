@@ -87,7 +87,8 @@ class Backfill:
         self._trailing: list[tuple[str, str, int, int]] = []  # absent unless a later candle exists
         self._empty: list[tuple[str, str, int, int]] = []  # confirmed, not yet recorded
         self._left: collections.Counter = collections.Counter()  # jobs per (symbol, interval)
-        self._done: collections.Counter = collections.Counter()  # candles per (symbol, interval)
+        self._done: collections.Counter = collections.Counter()  # candles stored per (symbol, interval)
+        self._seen: collections.Counter = collections.Counter()  # candles asked for per (symbol, interval)
 
     async def run(self) -> Result:
         try:
@@ -117,7 +118,35 @@ class Backfill:
         if cfg.top:
             symbols = await self.client.top_symbols(cfg.top)
             log.info("top %d by 24h quote volume: %s", cfg.top, ", ".join(symbols))
-        jobs: list[Job] = []
+        jobs = await self._plan(symbols, now)
+        keys = list(dict.fromkeys((s, i) for s, i, *_ in jobs))
+        self._size = collections.Counter()
+        for s, i, a, b, _ in jobs:
+            self._size[(s, i)] += (b - a) // interval_ms(i)
+        total = sum(self._size.values())
+        log.info("%d candles to fetch in %d requests", total, len(jobs))
+        queue: asyncio.Queue[Job] = asyncio.Queue()
+        for job in jobs:
+            queue.put_nowait(job)
+        bars = dict(unit="candle", unit_scale=True, disable=not self.progress, file=sys.stderr,
+                    mininterval=0.5, dynamic_ncols=True)
+        with tqdm(total=total, desc="all", position=0, **bars) as bar, \
+                tqdm(total=0, desc="", position=1, leave=False, **bars) as sym_bar:
+            self._bar, self._sym_bar, self._keys = bar, sym_bar, keys
+            self._next_symbol()
+            flusher = asyncio.create_task(self._flusher())
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for _ in range(min(cfg.concurrency, max(1, len(jobs)))):
+                        tg.create_task(self._worker(queue, now))
+            except* (RegionBlocked, RateLimited, StoreError) as group:
+                raise group.exceptions[0] from None
+            finally:
+                flusher.cancel()
+
+    async def _plan(self, symbols: list[str], now: int) -> list[Job]:
+        """Every request the run needs, symbol by symbol, from what the store lacks."""
+        cfg, jobs = self.config, []
         for interval in cfg.intervals:
             step = interval_ms(interval)
             if cfg.repair and not symbols and not cfg.top:
@@ -132,26 +161,31 @@ class Backfill:
                 if s in ends:
                     self._latest[(s, interval)] = ends[s][1]
                 for rng in todo.get(s, []):
+                    if s in self.result.failed:
+                        break
+                    if (rng[1] - rng[0]) // step > 4 * self.client.page:
+                        rng = await self._probe(s, interval, rng)
                     for a, b, limit in plan(rng, step, self.preset.kline_limit, self.client.page):
                         jobs.append((s, interval, a, b, limit))
                         self._left[(s, interval)] += 1
-        total = sum((b - a) // interval_ms(i) for _, i, a, b, _ in jobs)
-        log.info("%d candles to fetch in %d requests", total, len(jobs))
-        queue: asyncio.Queue[Job] = asyncio.Queue()
-        for job in jobs:
-            queue.put_nowait(job)
-        with tqdm(total=total, unit="candle", unit_scale=True, desc="all", disable=not self.progress,
-                  file=sys.stderr, mininterval=0.5, dynamic_ncols=True) as bar:
-            self._bar = bar
-            flusher = asyncio.create_task(self._flusher())
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    for _ in range(min(cfg.concurrency, max(1, len(jobs)))):
-                        tg.create_task(self._worker(queue, now))
-            except* (RegionBlocked, RateLimited, StoreError) as group:
-                raise group.exceptions[0] from None
-            finally:
-                flusher.cancel()
+        return jobs
+
+    async def _probe(self, symbol: str, interval: str, rng: tuple[int, int]) -> tuple[int, int]:
+        """A long range may start before the symbol was listed: one candle (weight 1) says
+        where its history starts, and the stretch before it is absent at the exchange."""
+        a, b = rng
+        try:
+            rows = await self.client.klines(symbol, interval, a, b - 1, 1)
+        except SymbolRejected as exc:
+            self._fail(symbol, str(exc))
+            return (a, a)
+        first = rows[0][0] if rows and isinstance(rows[0], list) and rows[0] and isinstance(rows[0][0], int) else None
+        if first is None:
+            self._trailing.append((symbol, interval, a, b))
+            return (b, b)
+        if first > a:
+            self._empty.append((symbol, interval, a, min(first, b)))
+        return (max(a, min(first, b)), b)
 
     async def _worker(self, queue: asyncio.Queue[Job], now: int) -> None:
         while not queue.empty():
@@ -166,15 +200,31 @@ class Backfill:
                     raise
                 except RestError as exc:
                     self._fail(symbol, f"{symbol}: {exc}")
-            self._bar.update((b - a) // interval_ms(interval))
-            self._left[(symbol, interval)] -= 1
-            if not self._left[(symbol, interval)] and symbol not in self.result.failed:
-                self._bar.write(f"{symbol} {interval}: {self._done[(symbol, interval)]:,} candles", file=sys.stderr)
+            n = (b - a) // interval_ms(interval)
+            self._bar.update(n)
+            key = (symbol, interval)
+            self._left[key] -= 1
+            self._seen[key] += n
+            if key == self._current:
+                self._sym_bar.update(n)
+            if not self._left[key]:
+                if symbol not in self.result.failed:
+                    tqdm.write(f"{symbol} {interval}: {self._done[key]:,} candles stored", file=sys.stderr)
+                if key == self._current:
+                    self._next_symbol()
+
+    def _next_symbol(self) -> None:
+        """Point the per-symbol bar at the first series with requests left."""
+        self._current = next((k for k in self._keys if self._left[k]), None)
+        if self._current is not None:
+            self._sym_bar.reset(total=self._size[self._current])
+            self._sym_bar.update(self._seen[self._current])
+            self._sym_bar.set_description(" ".join(self._current))
 
     def _fail(self, symbol: str, message: str) -> None:
         if symbol not in self.result.failed:
             self.result.failed[symbol] = message
-            self._bar.write(f"skipping {message}", file=sys.stderr)
+            tqdm.write(f"skipping {message}", file=sys.stderr)
 
     async def _fetch(self, job: Job, now: int) -> None:
         symbol, interval, a, b, limit = job

@@ -379,3 +379,19 @@ async def test_live_pipeline_records_what_rest_proves_absent(tmp_path):
                 await task
     [(a, b)] = recorded()["BTCUSDT"]
     assert b == first and b - a >= 60 * MINUTE  # about 70 minutes before the history starts
+
+
+async def test_a_long_range_before_the_listing_costs_one_probe(tmp_path):
+    """--since long before the symbol's first candle: one weight-1 request finds where its
+    history starts, the stretch before it is recorded absent, and only the rest is paged."""
+    db = tmp_path / "p.duckdb"
+    async with exchange(["BTCUSDT"], history_minutes=600) as ex:
+        first = truth(ex, "BTCUSDT", 0, 2**62)["open_time"].dt.epoch("ms").min()
+        since, until = first - 5000 * MINUTE, first + 300 * MINUTE
+        before = ex.stats.rest_requests
+        b = await run(["--db", str(db), "--symbols", "BTCUSDT", "--since", iso(since), "--until", iso(until),
+                       "--rest-url", ex.rest_base])
+        assert b.result.exit_code == 0
+        assert ex.stats.rest_requests - before == 3  # exchangeInfo, the probe, one page of 300
+        assert_frame_equal(stored(db, "BTCUSDT"), truth(ex, "BTCUSDT", since, until))
+        assert ranges.empty(["BTCUSDT"], "1m", db=db) == {"BTCUSDT": [(since, first)]}
