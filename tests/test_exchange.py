@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from market.exchange import MALFORMED_KINDS, LocalExchange, read_recording
 from market.schema import KLINE_SCHEMA
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDING = FIXTURES / "binance_futures_2021-07-22.ws"
@@ -31,7 +31,7 @@ MIN = 60_000
 KLINE_KEYS = ["t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q", "B"]
 TICKER_KEYS = ["e", "E", "s", "p", "P", "w", "c", "Q", "o", "h", "l", "v", "q", "O", "C", "F", "L", "n"]
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 
 def connect(url: str) -> websockets.connect:
@@ -51,7 +51,7 @@ async def collect(ws, seconds: float) -> list[str]:
     return out
 
 
-async def collect_until(ws, done, timeout: float = 15) -> list[str]:
+async def collect_until(ws, done, timeout: float = 40) -> list[str]:
     """Frames until ``done(frames)``; on a loaded machine this waits longer, it does not fail."""
     frames: list[str] = []
     async with asyncio.timeout(timeout):
@@ -113,8 +113,9 @@ async def test_streams_format_rate_and_one_final_per_candle() -> None:
             assert 40_000 < float(k["c"]) < 120_000
         # one update every 250 ms of sim time, none lost, whatever the wall clock did
         assert {b["E"] - a["E"] for a, b in zip(ks, ks[1:])} == {250}
-        # 120x: 480 kline updates per second (a loaded machine lags behind, never ahead)
-        assert 0.4 * 480 < len(ks) / elapsed < 1.2 * 480
+        # 120x: a loaded machine lags behind, but the feed never runs ahead of 120x real time
+        # (the first frame may have been made just before t0: allow a quarter second)
+        assert (ks[-1]["E"] - ks[0]["E"]) / 120_000 <= elapsed + 0.25
         finals = Counter(d["k"]["t"] for d in ks if d["k"]["x"])
         assert len(finals) >= 2 and set(finals.values()) == {1}
         by_minute = defaultdict(list)
@@ -136,7 +137,7 @@ async def test_streams_format_rate_and_one_final_per_candle() -> None:
                 tickers[m["data"]["s"]].append(m["data"])
         for sym, ts in tickers.items():
             assert {b["E"] - a["E"] for a, b in zip(ts, ts[1:])} == {1000}
-            assert 0.4 * 120 < len(ts) / elapsed < 1.2 * 120
+            assert (ts[-1]["E"] - ts[0]["E"]) / 120_000 <= elapsed + 0.25
         # the ticker's last price is the kline's close at the same instant
         close_at = {d["E"]: d["k"]["c"] for d in ks}
         same = [t for t in tickers["BTCUSDT"] if t["E"] in close_at]
@@ -247,7 +248,7 @@ async def test_subscribe_list_unsubscribe_and_raw_streams() -> None:
         async with connect(f"{ex.ws_base}/stream") as ws:
             await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["btcusdt@kline_1m", "nopeusdt@kline_1m"], "id": 1}))
             assert await ws.recv() == '{"result":null,"id":1}'
-            first = json.loads(await asyncio.wait_for(ws.recv(), 2))
+            first = json.loads(await asyncio.wait_for(ws.recv(), 20))
             assert first["stream"] == "btcusdt@kline_1m"
             await ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
             frames = await collect_until(ws, lambda f: '"id":2' in f[-1] if f else False)
@@ -260,10 +261,10 @@ async def test_subscribe_list_unsubscribe_and_raw_streams() -> None:
             await ws.send(json.dumps({"method": "SUBSCRIBE", "params": ["x"]}))  # no id
             assert json.loads(await ws.recv())["error"]["code"] == 2
         async with connect(f"ws://127.0.0.1:{ex.port}/ws/btcusdt@kline_1m") as ws:
-            data = json.loads(await asyncio.wait_for(ws.recv(), 2))
+            data = json.loads(await asyncio.wait_for(ws.recv(), 20))
             assert data["e"] == "kline" and data["s"] == "BTCUSDT"  # raw: no stream wrapper
         async with connect(f"ws://127.0.0.1:{ex.port}/stream?streams=btcusdt@ticker") as ws:
-            assert json.loads(await asyncio.wait_for(ws.recv(), 2))["stream"] == "btcusdt@ticker"
+            assert json.loads(await asyncio.wait_for(ws.recv(), 20))["stream"] == "btcusdt@ticker"
         assert ex.stats.connections_total == 3 and ex.stats.frames_sent > 0
 
 
@@ -272,7 +273,7 @@ async def test_replay_sends_every_recorded_frame_once() -> None:
     assert len(recorded) == 1535
     async with LocalExchange(replay=RECORDING, speed=0, loop=False) as ex:
         async with connect(f"{ex.ws_base}/stream?streams=sushiusdt@kline_1m") as ws:
-            got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(1535)]
+            got = [await asyncio.wait_for(ws.recv(), 20) for _ in range(1535)]
             assert await collect(ws, 0.3) == []  # no loop: it stops at the end
         assert got == [raw for _, raw in recorded]  # byte for byte, other streams included
         final = next(json.loads(raw)["data"]["k"] for raw in got if '"sushiusdt@kline_1m"' in raw and '"x":true' in raw)
@@ -288,7 +289,7 @@ async def test_replay_keeps_recorded_timing_over_speed_and_loops() -> None:
     async with LocalExchange(replay=RECORDING, speed=60, loop=True) as ex:
         async with connect(f"{ex.ws_base}/stream") as ws:
             t0 = time.monotonic()
-            got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(1540)]
+            got = [await asyncio.wait_for(ws.recv(), 20) for _ in range(1540)]
             elapsed = time.monotonic() - t0
     assert elapsed >= 0.8 * span / 60
     assert got[1535:] == [raw for _, raw in recorded[:5]]
@@ -302,7 +303,7 @@ async def test_drop_connections_closes_without_close_frame() -> None:
             assert ex.drop_connections() == 1
             with pytest.raises(ConnectionClosedError) as info:
                 while True:
-                    await asyncio.wait_for(ws.recv(), 2)
+                    await asyncio.wait_for(ws.recv(), 20)
             assert info.value.rcvd is None  # abrupt: 1006, no close frame
         async with connect(url) as ws, httpx.AsyncClient(base_url=ex.rest_base) as http:
             await ws.recv()  # reconnecting works
@@ -310,41 +311,55 @@ async def test_drop_connections_closes_without_close_frame() -> None:
             assert r.json() == {"ok": True, "dropped": 1}
             with pytest.raises(ConnectionClosedError):
                 while True:
-                    await asyncio.wait_for(ws.recv(), 2)
+                    await asyncio.wait_for(ws.recv(), 20)
 
 
 async def test_refuse_rejects_handshakes_with_the_status() -> None:
     async with LocalExchange(symbols=("BTCUSDT",), speed=120, start_time=START) as ex, \
             httpx.AsyncClient(base_url=ex.rest_base) as http:
         url = f"{ex.ws_base}/stream?streams=btcusdt@kline_1m"
-        ex.refuse(0.6, 451)
+        ex.refuse(60, 451)
         with pytest.raises(InvalidStatus) as info:
             await connect(url)
         assert info.value.response.status_code == 451
         assert b"restricted location" in info.value.response.body
         assert (await http.get("/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "1m"})).status_code == 200
-        await asyncio.sleep(0.7)
-        async with connect(url) as ws:
-            await ws.recv()
-        assert (await http.post("/_control/refuse", params={"seconds": 0.5, "status": 403})).json() == {"ok": True}
+        # a refusal ends by itself: retry (as a client would) until the handshake works
+        ex.refuse(0.5, 451)
+        refused_until = time.monotonic() + 0.5
+        for _ in range(100):
+            try:
+                async with connect(url) as ws:
+                    await asyncio.wait_for(ws.recv(), 20)
+                break
+            except InvalidStatus:
+                await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the refusal never ended")
+        assert time.monotonic() >= refused_until - 0.01
+        refused = ex.stats.refused
+        assert (await http.post("/_control/refuse", params={"seconds": 60, "status": 403})).json() == {"ok": True}
         with pytest.raises(InvalidStatus) as info:
             await connect(url)
-        assert info.value.response.status_code == 403 and ex.stats.refused == 2
+        ex.reset_faults()  # ends it
+        async with connect(url) as ws:
+            await asyncio.wait_for(ws.recv(), 20)
+        assert info.value.response.status_code == 403 and ex.stats.refused == refused + 1
 
 
 async def test_stall_sends_nothing_and_leaves_pings_unanswered() -> None:
     async with LocalExchange(symbols=("BTCUSDT",), speed=120, start_time=START) as ex:
         async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m") as ws:
             await ws.recv()
-            ex.stall(1.0)
-            stalled_at, stall_sim = time.monotonic(), ex.now_ms()
+            ex.stall(60)  # ended below: a loaded machine cannot outlast it
+            stall_sim = ex.now_ms()
             pong = await ws.ping()
             # a lagging client may still read what was sent before; nothing newer is sent
             assert all(event_time(f) <= stall_sim for f in await collect(ws, 0.7))
             assert not pong.done()
+            ex.reset_faults()
             after = json.loads((await collect_until(ws, lambda f: f and event_time(f[-1]) > stall_sim))[-1])
-            assert time.monotonic() - stalled_at >= 0.95
-            await asyncio.wait_for(pong, 5)
+            await asyncio.wait_for(pong, 20)
             # the ticks of the stall are lost, as on a stale socket: the consumer must backfill
             assert after["data"]["E"] - stall_sim > 60_000
 
@@ -434,7 +449,7 @@ async def test_http_control_endpoints() -> None:
             assert ex._late_ms == 2000
             await http.post("/_control/reset")
             assert not ex._duplicate and ex._late_ms == 0
-            await http.post("/_control/stall", params={"seconds": 0.5})
+            await http.post("/_control/stall", params={"seconds": 3})  # ends by itself, after the check below
             stall_sim = ex.now_ms()
             assert all(event_time(f) <= stall_sim for f in await collect(ws, 0.4))
             await collect_until(ws, lambda f: f and event_time(f[-1]) > stall_sim)
@@ -477,16 +492,17 @@ async def test_max_speed_streams_flat_out_and_idles_without_clients() -> None:
     async with LocalExchange(symbols=("BTCUSDT",), speed=0, start_time=START) as ex:
         async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m") as ws:
             t0 = time.monotonic()
-            ks = [json.loads(await asyncio.wait_for(ws.recv(), 5))["data"] for _ in range(2400)]
+            ks = [json.loads(await asyncio.wait_for(ws.recv(), 20))["data"] for _ in range(2400)]
             elapsed = time.monotonic() - t0
         assert {b["E"] - a["E"] for a, b in zip(ks, ks[1:])} == {250}
-        assert sum(d["k"]["x"] for d in ks) == 10 and elapsed < 10  # 10 sim minutes; real time would take 600 s
-        await asyncio.sleep(0.1)
+        # 10 sim minutes, which real time would take 600 s; the test's own timeout bounds elapsed
+        assert sum(d["k"]["x"] for d in ks) == 10 and (ks[-1]["E"] - ks[0]["E"]) / 1000 > 5 * elapsed
+        await wait_for(lambda: not ex._subs and not ex._wake.is_set(), what="the clock parks")
         now = ex.now_ms()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # nothing to wait for: the clock must simply not move
         assert ex.now_ms() == now and not ex._wake.is_set()  # no subscriber: the clock waits
         async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m") as ws:
-            data = json.loads(await asyncio.wait_for(ws.recv(), 5))["data"]
+            data = json.loads(await asyncio.wait_for(ws.recv(), 20))["data"]
         assert data["E"] > now  # ... and resumes for the next client
 
 
@@ -495,7 +511,7 @@ async def test_cli_serves_until_sigterm_and_exits_0() -> None:
         sys.executable, "-m", "market.exchange", "--port", "0", "--symbols", "BTCUSDT,ETHUSDT", "--speed", "0",
         "--history-minutes", "120", cwd=ROOT, stdout=asyncio.subprocess.PIPE)
     try:
-        info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
+        info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
         assert info["ws"].startswith("ws://127.0.0.1:") and info["ws"].endswith("/market")
         async with httpx.AsyncClient(base_url=info["rest"]) as http:
             rows = (await http.get("/fapi/v1/klines", params={"symbol": "ETHUSDT", "interval": "1m", "limit": 1000})).json()
@@ -503,7 +519,7 @@ async def test_cli_serves_until_sigterm_and_exits_0() -> None:
         closed = [r for r in rows if r[6] < int(time.time() * 1000)]
         assert len(closed) == 120 and len(rows) - len(closed) <= 1
         async with connect(f"{info['ws']}/stream?streams=btcusdt@kline_1m") as ws:
-            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["data"]["s"] == "BTCUSDT"
+            assert json.loads(await asyncio.wait_for(ws.recv(), 20))["data"]["s"] == "BTCUSDT"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
     finally:
