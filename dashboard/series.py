@@ -18,14 +18,15 @@ from market.candles import resample
 from market.indicators import WARMUP, add_indicators, add_signal, tail_indicators
 from market.schema import KLINE_SCHEMA, interval_ms
 from store.db import StoreError
+from store.history import candles as stored_candles
 from store.history import klines as stored_klines
 
 log = logging.getLogger("dashboard.series")
 
 #: Buckets of history loaded for a derived timeframe (and kept in memory).
 BUCKETS = 1000
-#: 1m candles read from the store at most for one derived chart (~70 days).
-MAX_BASE_ROWS = 100_000
+_EPOCH = dt.datetime(1970, 1, 1)
+_MS = dt.timedelta(milliseconds=1)
 
 
 class Series:
@@ -41,6 +42,7 @@ class Series:
         self._last_base = None  # newest base open_time folded in
         self._closed = pl.DataFrame(schema={**KLINE_SCHEMA})
         self._pending_base = pl.DataFrame(schema={**KLINE_SCHEMA})  # minutes of the open bucket
+        self._older = pl.DataFrame(schema={**KLINE_SCHEMA})  # stored buckets before memory's
         self._version = -1
         self.revision = self.state.revisions.get(symbol, 0)
 
@@ -60,21 +62,36 @@ class Series:
         base = self._history(memory)
         self._last_base = base["open_time"].max() if base.height else None
         complete, partial = self._split(resample(base, self.timeframe))
-        self._closed = add_signal(add_indicators(complete.tail(BUCKETS + WARMUP))).tail(BUCKETS)
+        complete = pl.concat([self._older, complete]).tail(BUCKETS + WARMUP)
+        self._closed = add_signal(add_indicators(complete)).tail(BUCKETS)
         self._pending_base = base.filter(pl.col("open_time") >= partial["open_time"].min()) if partial.height else base.clear()
         return self._closed, self._forming()
 
+    def current(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """What :meth:`initial` and the polls since have built: closed candles and the forming one."""
+        return self._closed, self._forming()
+
     def _history(self, memory: pl.DataFrame) -> pl.DataFrame:
-        step = interval_ms(self.timeframe) // interval_ms(self.base)
-        rows = min(MAX_BASE_ROWS, step * (BUCKETS + WARMUP))
+        """Closed buckets before the first one memory can build, with the 1m rows it needs.
+
+        Older buckets are aggregated by DuckDB (``store.history.candles``: a few
+        thousand rows leave the file whatever the timeframe); from the bucket holding
+        memory's first minute on, buckets are resampled from 1m rows (the stored
+        minutes of that bucket plus memory), so the open bucket keeps its minutes.
+        Returns the 1m base; the older buckets go to ``self._older``.
+        """
+        step = interval_ms(self.timeframe)
+        first = memory["open_time"].min() if memory.height else None
+        anchor = first or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        cut = _EPOCH + dt.timedelta(milliseconds=(int((anchor - _EPOCH) / _MS) // step) * step)
+        db = self.feed.pipeline.db
         try:
-            newest = memory["open_time"].min() if memory.height else None
-            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-            start = (newest or now) - dt.timedelta(milliseconds=interval_ms(self.base) * rows)
-            stored = stored_klines(self.symbol, self.base, start, newest, db=self.feed.pipeline.db)
+            self._older = stored_candles(self.symbol, self.timeframe,
+                                         cut - dt.timedelta(milliseconds=step * (BUCKETS + WARMUP)), cut, db=db)
+            stored = stored_klines(self.symbol, self.base, cut, first, db=db)
         except StoreError as exc:  # a busy or missing file: draw what memory has
             log.info("chart history for %s from memory only: %s", self.symbol, exc)
-            stored = pl.DataFrame(schema={**KLINE_SCHEMA})
+            self._older = stored = pl.DataFrame(schema={**KLINE_SCHEMA})
         return pl.concat([stored, memory.select(list(KLINE_SCHEMA))]).unique(
             ["open_time"], keep="last").sort("open_time")
 

@@ -12,16 +12,13 @@ from __future__ import annotations
 import logging
 import time
 
-import holoviews as hv
 import panel as pn
 import param
 import polars as pl
 
-from dashboard.charts import chart_frame, price_layout, streams_for
-from dashboard.config import TIMEFRAMES
+from dashboard.chart_panel import ChartPanel
 from dashboard.heatmap import Heatmap, signal_table, signal_table_frame
 from dashboard.live import SharedFeed
-from dashboard.series import Series
 
 log = logging.getLogger("dashboard.view")
 
@@ -36,7 +33,6 @@ class Dashboard(pn.viewable.Viewer):
     """The page: status, chart of the selected symbol and timeframe, heatmap, signal table."""
 
     symbol = param.Selector(doc="Symbol shown in the main chart.")
-    timeframe = param.Selector(default="1m", objects=list(TIMEFRAMES), doc="Candle timeframe, derived from 1m.")
     color_by = param.Selector(default="24h change %", objects=list(COLOR_BY), doc="What the heatmap colours show.")
 
     def __init__(self, feed: SharedFeed, **params) -> None:
@@ -50,16 +46,14 @@ class Dashboard(pn.viewable.Viewer):
         self._status = pn.pane.HTML("starting…", sizing_mode="stretch_width", css_classes=["feed-status"],
                                     styles={"color": "white", "font-size": "14px"})
         self._progress = pn.pane.Alert("", alert_type="info", sizing_mode="stretch_width", visible=False)
-        self._chart = pn.pane.HoloViews(sizing_mode="stretch_width", height=760, linked_axes=False)
+        self._chart = ChartPanel(feed, self.symbol)
         self._heatmap = Heatmap(symbols)
         self._heatmap.on_select(self._select)
         self._table = signal_table(signal_table_frame(_table_input(self.feed.snapshot()), order=symbols))
         self._table.on_click(self._table_click)
         self._snapshot_seen: object = None
         self._table_at = 0.0  # time.monotonic() of the last table update
-        self._series: Series | None = None
-        self._build()
-        self.param.watch(self._build, ["symbol", "timeframe"])
+        self.param.watch(self._build, ["symbol"])
         self.param.watch(lambda *_: self._refresh_heatmap(force=True), ["color_by"])
         self._callback = pn.state.add_periodic_callback(self._tick, period=feed.config.refresh_ms)
         feed.session_opened(str(self.session_id))
@@ -83,54 +77,29 @@ class Dashboard(pn.viewable.Viewer):
 
     # -- drawing ------------------------------------------------------------------
     def _build(self, *_) -> None:
-        """Load the chart for the current symbol and timeframe from memory and the store.
-
-        The plot is built once per session; later switches reload the same streams.
-        Replacing the plot while the browser still applies updates to the old one
-        makes Bokeh fail with "reference ... isn't known".
-        """
+        """Chart the selected symbol (same figures: replacing them while the browser still
+        applies updates to the old ones makes Bokeh fail with "reference ... isn't known")."""
         started = time.perf_counter()
-        self._series = Series(self.feed, self.symbol, self.timeframe)
-        closed, forming = self._series.initial()
-        if self._chart.object is None:
-            self._buffer, self._pipe = streams_for(chart_frame(closed, self.timeframe))
-            self._pipe.send(chart_frame(forming, self.timeframe))
-            self._chart.object = price_layout(self._buffer, self._pipe)
-        else:
-            self._reload(closed, forming)
-        log.debug("built %s %s in %.0f ms", self.symbol, self.timeframe, (time.perf_counter() - started) * 1000)
-
-    def _reload(self, closed: pl.DataFrame, forming: pl.DataFrame) -> None:
-        self._buffer.clear()
-        self._buffer.send(chart_frame(closed, self.timeframe))
-        self._pipe.send(chart_frame(forming, self.timeframe))
+        self._chart.show(self.symbol)
+        log.debug("built %s in %.0f ms", self.symbol, (time.perf_counter() - started) * 1000)
 
     def _tick(self) -> None:
         self.ticks += 1
         self._status.object = self._status_html()
-        if self._series is not None and self._series.stale:
-            # history changed behind the chart (backfill after a restart or reconnect):
-            # reload it into the same streams, so the user's zoom survives
-            self._reload(*self._series.initial())
-        elif self._series is not None:
-            new, forming = self._series.poll()
-            if new.height:
-                self._buffer.send(chart_frame(new, self.timeframe))
-            if forming is not None:
-                self._pipe.send(chart_frame(forming, self.timeframe))
+        self._chart.tick()
         self._refresh_heatmap()
         self._show_progress()
 
     def _show_progress(self) -> None:
         """While the chart has no candles yet, say what is being fetched instead of a blank chart."""
-        empty = self._series is None or len(self._buffer.data) == 0
+        empty = len(self._chart.chart.closed.data["time"]) == 0
         if not empty:
             if self._progress.visible:
                 self._progress.visible = False
             return
         st = self.feed.status().feed
         doing = st.backfill or ("waiting for the first candles" if st.state == "live" else st.describe())
-        self._progress.object = f"<b>Loading {self.symbol} {self.timeframe}:</b> {doing}"
+        self._progress.object = f"<b>Loading {self.symbol} {self._chart.timeframe}:</b> {doing}"
         self._progress.visible = True
 
     def _refresh_heatmap(self, force: bool = False) -> None:
@@ -168,11 +137,10 @@ class Dashboard(pn.viewable.Viewer):
         # widgets default to 300 px wide: stretch them to the sidebar instead of clipping
         fit = {"sizing_mode": "stretch_width"}
         widgets = pn.Param(
-            self.param, parameters=["symbol", "timeframe", "color_by"], show_name=False, **fit,
+            self.param, parameters=["symbol", "color_by"], show_name=False, **fit,
             widgets={
                 "symbol": {"type": pn.widgets.AutocompleteInput, "case_sensitive": False,
                            "search_strategy": "includes", "min_characters": 1, "restrict": True, **fit},
-                "timeframe": {"type": pn.widgets.RadioButtonGroup, **fit},
                 "color_by": {"type": pn.widgets.RadioButtonGroup, **fit},
             },
         )
@@ -211,4 +179,3 @@ are built from the stored 1m candles. **Signals**: `cross_up`/`cross_down` when
 StochRSI K crosses D below/above 50, `oversold`/`overbought` when RSI < 30 / > 70.
 """
 
-hv.extension("bokeh", logo=False)

@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 import pytest
 import talib
+from polars.testing import assert_frame_equal
 
 from dashboard.config import AppConfig
 from dashboard.live import SharedFeed
@@ -152,7 +153,8 @@ def test_series_5m_equals_resampled_1m_from_store_and_memory(tmp_path):
     closed, forming = s.initial()
     want = resample(full, "5m")
     assert want.height == 121
-    assert closed.select(OHLCV).equals(want[:120].select(OHLCV))
+    # buckets before memory's come summed by DuckDB: volumes may differ in the last bit
+    assert_frame_equal(closed.select(OHLCV), want[:120].select(OHLCV), check_exact=False, rel_tol=1e-12)
     assert (closed["interval"] == "5m").all()
     assert_indicators(closed, want["close"][:120].to_numpy())
     # the open bucket (3 closed minutes, no forming minute yet) is the live candle
@@ -232,17 +234,20 @@ def test_dashboard_wiring_without_a_browser(tmp_path):
     d = Dashboard(feed)
     try:
         d._callback.stop()
-        assert d._series.symbol == BTC and len(d._buffer.data) == 400
+        closed = d._chart.chart.closed.data  # what the chart's Bokeh source holds
+        # the last 150 candles in view, half as many again loaded to the left
+        assert d._chart.series.symbol == BTC and 220 <= len(closed["time"]) <= 240
         d._heatmap.source.selected.indices = [1]  # what a tile click syncs from the browser
-        assert d.symbol == ETH and d._series.symbol == ETH
-        assert d._buffer.data["close"].iloc[-1] == feed.state.candles(ETH)["close"][-1]
-        d.timeframe = "15m"
-        assert d._series.timeframe == "15m"
-        spacing = d._buffer.data["time"].diff().dropna().unique()
-        assert list(spacing) == [np.timedelta64(15, "m")]
-        assert len(d._buffer.data) == 26  # 400 minutes: 26 closed quarters, the 27th still open
+        closed = d._chart.chart.closed.data
+        assert d.symbol == ETH and d._chart.series.symbol == ETH
+        assert closed["close"][-1] == feed.state.candles(ETH)["close"][-1]
+        d._chart.buttons.value = "15m"  # a click on the 15m button pins 15m
+        closed = d._chart.chart.closed.data
+        assert d._chart.series.timeframe == "15m" and not d._chart.auto
+        assert set(np.diff(closed["time"])) == {15 * MIN}
+        assert len(closed["time"]) == 26  # 400 minutes: 26 closed quarters, the 27th still open
         d._tick()  # a tick with nothing new sends nothing
-        assert len(d._buffer.data) == 26
+        assert len(d._chart.chart.closed.data["time"]) == 26
     finally:
         d._callback.stop()
 

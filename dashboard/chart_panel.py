@@ -1,0 +1,257 @@
+"""One session's main chart: the whole stored history, level of detail, live right edge.
+
+The toolbar above the chart works as TradingView users expect: "Auto" picks the
+timeframe from the zoom (the finest with at most ``lod.MAX_CANDLES`` candles in
+view) and the timeframe buttons show which one is drawn; clicking a timeframe
+pins it (zooming out then stops at ``MAX_CANDLES`` candles), clicking Auto again
+releases it. Panning or zooming past the loaded candles loads the window around
+the view from the store (``dashboard.ranges``); the live end comes from the
+shared pipeline's memory through a ``Series`` and keeps streaming. The view
+follows new candles only while its right edge is at the live end; "Go to live"
+returns there, the date picker jumps to a day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+import numpy as np
+import panel as pn
+import polars as pl
+
+from dashboard import lod
+from dashboard.history_chart import CandleChart, columns, empty_columns
+from dashboard.ranges import window_candles
+from dashboard.series import Series
+from market.schema import interval_ms
+from store.db import StoreError
+from store.history import span as stored_span
+
+log = logging.getLogger("dashboard.chart")
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _ms(t: dt.datetime | dt.date) -> float:
+    if not isinstance(t, dt.datetime):
+        t = dt.datetime(t.year, t.month, t.day)
+    return (t.replace(tzinfo=None) - _EPOCH) / dt.timedelta(milliseconds=1)
+
+
+class ChartPanel:
+    """Chart, timeframe buttons, Auto, go-to-date and go-to-live for one session."""
+
+    def __init__(self, feed, symbol: str, height: int = 720) -> None:
+        self.feed = feed
+        self.symbol = symbol
+        self.auto = True
+        self.timeframe = lod.TIMEFRAMES[0]
+        self.series: Series | None = None
+        self.window: lod.Window | None = None
+        self.loads = 0  # windows loaded since the page opened (tests, benchmarks)
+        self.last_load_ms = 0.0
+        self._first: float | None = None  # oldest stored candle of the symbol, ms
+        self._setting = False  # our own widget updates are not user clicks
+        self.chart = CandleChart(height)
+        self.chart.on_ranges(self.on_range)
+        self.buttons = pn.widgets.RadioButtonGroup(options=list(lod.TIMEFRAMES), value=self.timeframe,
+                                                   stylesheets=[_ACTIVE_CSS])
+        self.auto_button = pn.widgets.Toggle(name="Auto", value=True, color="primary", width=70)
+        self.date = pn.widgets.DatePicker(name="", width=150, description="Go to date (UTC)")
+        self.live_button = pn.widgets.Button(name="Go to live ▶", color="light", width=120,
+                                             description="Back to the newest candles")
+        self.buttons.param.watch(self._pin, "value")
+        self.auto_button.param.watch(self._auto, "value")
+        self.date.param.watch(lambda e: e.new and self.go_to_date(e.new), "value")
+        self.live_button.on_click(lambda e: self.go_live())
+        self.pane = pn.pane.Bokeh(self.chart.layout, sizing_mode="stretch_width", height=height + 40)
+        self.toolbar = pn.Row(self.auto_button, self.buttons, self.date, self.live_button,
+                              sizing_mode="stretch_width", margin=(0, 5))
+        self.show(symbol)
+
+    def __panel__(self):
+        return pn.Column(self.toolbar, self.pane, sizing_mode="stretch_width")
+
+    # -- what is drawn ------------------------------------------------------------
+    @property
+    def live_end(self) -> float | None:
+        """Right edge (ms) of the newest candle, forming or closed, at the shown timeframe."""
+        data = self.chart.forming.data if len(self.chart.forming.data["time"]) else self.chart.closed.data
+        if not len(data["time"]):
+            return None
+        return float(data["time"][-1]) + interval_ms(self.timeframe)
+
+    @property
+    def at_live(self) -> bool:
+        """The loaded window reaches the live end (new candles go into it)."""
+        return self.window is not None and self.window.end == _LIVE
+
+    def show(self, symbol: str, timeframe: str | None = None) -> None:
+        """Chart ``symbol`` at the live end (a new symbol, or the page opening)."""
+        self.symbol = symbol
+        try:
+            first, _ = stored_span(symbol, db=self.feed.pipeline.db)
+            self._first = None if first is None else _ms(first)
+        except StoreError as exc:
+            log.info("no stored span for %s: %s", symbol, exc)
+            self._first = None
+        self._load_live(timeframe or self.timeframe)
+
+    def _load_live(self, timeframe: str, candles: int = lod.DEFAULT_CANDLES) -> None:
+        self._series_for(timeframe)
+        closed, forming = self.series.initial()
+        self._fresh = False
+        end = self._end_of(closed, forming)
+        x0, x1 = lod.view_for(end, timeframe, candles) if end is not None else (0.0, 1.0)
+        self._load(x0, x1, timeframe, closed=closed, forming=forming)
+
+    def _series_for(self, timeframe: str) -> None:
+        if self.series is None or self.series.timeframe != timeframe or self.series.symbol != self.symbol:
+            self.series = Series(self.feed, self.symbol, timeframe)
+            self._fresh = True
+
+    @staticmethod
+    def _end_of(closed: pl.DataFrame, forming: pl.DataFrame) -> float | None:
+        last = forming if forming.height else closed
+        if not last.height:
+            return None
+        return _ms(last["open_time"][-1]) + interval_ms(last["interval"][-1])
+
+    def _load(self, x0: float, x1: float, timeframe: str, *, closed: pl.DataFrame | None = None,
+              forming: pl.DataFrame | None = None) -> None:
+        """Load the window around [x0, x1] at ``timeframe`` and show [x0, x1]."""
+        started = time.perf_counter()
+        self._series_for(timeframe)
+        if closed is None:
+            closed, forming = self.series.initial() if self._fresh else self.series.current()
+        self._fresh = False
+        self.timeframe = timeframe
+        win = lod.load_window(x0, x1, timeframe)
+        recent_first = _ms(closed["open_time"][0]) if closed.height else None
+        live = recent_first is None or win.end > recent_first
+        try:
+            frame = window_candles(self.symbol, win, db=self.feed.pipeline.db, recent=closed if live else None)
+        except StoreError as exc:
+            log.info("chart window from memory only: %s", exc)
+            frame = closed.filter(pl.col("open_time") >= _EPOCH + dt.timedelta(milliseconds=win.start))
+        self.window = lod.Window(timeframe, win.start, _LIVE if live else win.end)
+        forming_cols = columns(forming, timeframe) if live and forming is not None else empty_columns()
+        with _held():
+            self.chart.show(columns(frame, timeframe), forming_cols)
+            self.chart.set_view(x0, x1)
+            lo, hi = lod.zoom_limits(None if self.auto else timeframe)
+            self.chart.x_range.update(min_interval=lo, max_interval=hi)
+            self._sync_buttons()
+        self.loads += 1
+        self.last_load_ms = (time.perf_counter() - started) * 1000
+        log.debug("loaded %s %s %d candles in %.0f ms", self.symbol, timeframe, len(frame), self.last_load_ms)
+
+    def _sync_buttons(self) -> None:
+        self._setting = True
+        try:
+            self.buttons.value = self.timeframe
+            self.auto_button.value = self.auto
+            self.auto_button.color = "primary" if self.auto else "light"
+            at_live = self.at_live and self.live_end is not None and self.chart.view()[1] >= self.live_end
+            self.live_button.color = "light" if at_live else "warning"
+        finally:
+            self._setting = False
+
+    # -- user actions ---------------------------------------------------------------
+    def on_range(self, x0: float | None, x1: float | None) -> None:
+        """A pan or zoom ended: switch timeframe or load more if the view needs it."""
+        if x0 is None or x1 is None or not x1 > x0:
+            return
+        tf = lod.pick_timeframe(x1 - x0) if self.auto else self.timeframe
+        if tf != self.timeframe or self.window is None or not self.window.covers(x0, x1, self._first, self.live_end):
+            self._load(x0, x1, tf)
+        else:
+            self._sync_buttons()
+
+    def _pin(self, event) -> None:
+        if self._setting:
+            return
+        self.auto = False
+        # TradingView keeps the right edge and shows the default number of candles
+        _, x1 = self.chart.view()
+        end = self.live_end
+        if self.at_live and end is not None and x1 >= end:
+            self._load_live(event.new)
+        else:
+            step = interval_ms(event.new)
+            self._load(x1 - 3 * step - lod.DEFAULT_CANDLES * step, x1, event.new)
+
+    def _auto(self, event) -> None:
+        if self._setting:
+            return
+        self.auto = event.new
+        self.on_range(*self.chart.view())
+        self._sync_buttons()
+
+    def go_live(self) -> None:
+        """Back to the newest candles (the view then follows them again)."""
+        self._load_live(self.timeframe)
+
+    def go_to_date(self, day: dt.date | dt.datetime) -> None:
+        """Show the candles from the start of ``day`` (UTC) on, at the current zoom."""
+        x0, x1 = self.chart.view()
+        span = x1 - x0
+        t = _ms(day)
+        start = t - span / 3  # a little context before the day
+        tf = lod.pick_timeframe(span) if self.auto else self.timeframe
+        self._load(start, start + span, tf)
+
+    # -- updates (the session's periodic callback) -------------------------------------
+    def tick(self) -> None:
+        if self.series is None:
+            return
+        if self.series.stale:  # history changed behind the chart: reload, keep the view
+            x0, x1 = self.chart.view()
+            self._fresh = True
+            self._load(x0, x1, self.timeframe)
+            return
+        new, forming = self.series.poll()
+        if not self.at_live or (not new.height and forming is None):
+            return
+        old_end = self.live_end
+        with _held():
+            self.chart.append(columns(new, self.timeframe), None if forming is None else columns(forming, self.timeframe),
+                              rollover=2 * lod.MAX_CANDLES)
+            self._follow(old_end)
+
+    def _follow(self, old_end: float | None) -> None:
+        """Scroll with new candles while the right edge is at the live end."""
+        end = self.live_end
+        if end is None or old_end is None:
+            return
+        x0, x1 = self.chart.view()
+        step = interval_ms(self.timeframe)
+        if end > old_end and x1 >= old_end - 0.5 * step:
+            shift = end - old_end
+            self.chart.set_view(x0 + shift, x1 + shift)
+        elif x1 >= end - step:
+            self.chart.fit_y(x0, x1, grow_only=True)  # the live candle broke out of the axis
+
+
+#: ``Window.end`` of a window that reaches the live end.
+_LIVE = np.iinfo(np.int64).max
+
+_ACTIVE_CSS = """
+.bk-btn.bk-active { font-weight: 600; }
+"""
+
+
+class _held:
+    """Send the changes of one update as one message (Bokeh's document hold)."""
+
+    def __enter__(self):
+        self.doc = pn.state.curdoc
+        if self.doc is not None and self.doc.session_context is not None:
+            self.doc.hold("combine")
+        else:
+            self.doc = None
+
+    def __exit__(self, *exc):
+        if self.doc is not None:
+            self.doc.unhold()
