@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from market.binance import parse_rest_klines
 from market.rest import KlineClient, RateLimited, RegionBlocked, RestError, SymbolRejected, absent_ranges
-from market.schema import interval_ms
+from market.schema import INTERVAL_MS, interval_ms
 from store import ranges
 from store.backfill_args import BackfillConfig, parse_args
 from store.db import StoreError, prepare
@@ -147,7 +147,11 @@ class Backfill:
     async def _plan(self, symbols: list[str], now: int) -> list[Job]:
         """Every request the run needs, symbol by symbol, from what the store lacks."""
         cfg, jobs = self.config, []
-        for interval in cfg.intervals:
+        intervals = cfg.intervals
+        if not intervals:  # --repair without --interval: what the store holds (1m if nothing)
+            held = await asyncio.to_thread(ranges.series, None, symbols or None, db=self.db)
+            intervals = tuple(sorted({i for _, i in held if i in INTERVAL_MS}, key=interval_ms)) or ("1m",)
+        for interval in intervals:
             step = interval_ms(interval)
             if cfg.repair and not symbols and not cfg.top:
                 wanted = [s for s, _ in await asyncio.to_thread(ranges.series, interval, None, db=self.db)]

@@ -22,7 +22,7 @@ class BackfillConfig:
     db: Path | None = None
     symbols: tuple[str, ...] = ()
     top: int | None = None  # the N symbols with the highest 24h quote volume
-    intervals: tuple[str, ...] = ("1m",)
+    intervals: tuple[str, ...] = ("1m",)  # empty: every interval the store holds (--repair)
     since_ms: int | None = None
     until_ms: int | None = None  # default: the server's now
     exchange: str = DEFAULT_PRESET
@@ -102,7 +102,8 @@ def parse_args(argv: list[str] | None = None) -> BackfillConfig:
         raise ValueError("say which symbols: --symbols A,B or --top N (or --repair for every stored series)")
     if not a.repair and a.since is None:
         raise ValueError("--since DATE is required (the first candle wanted, e.g. --since 2026-01-01)")
-    intervals: tuple[str, ...] = ("1m",)
+    # --repair without --interval: every interval the store holds (decided once it is read)
+    intervals: tuple[str, ...] = () if a.repair else ("1m",)
     if a.interval is not None:
         intervals = tuple(dict.fromkeys(i.strip() for i in a.interval.split(",") if i.strip()))
         if not intervals:

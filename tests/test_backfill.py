@@ -42,8 +42,8 @@ def floor(ms: int) -> int:
 
 
 def stored(db, symbol: str) -> pl.DataFrame:
-    return store.query("SELECT * FROM klines WHERE symbol = ? ORDER BY open_time", [symbol], db=db).select(
-        list(KLINE_SCHEMA))
+    return store.query("SELECT * FROM klines WHERE symbol = ? ORDER BY interval, open_time", [symbol],
+                       db=db).select(list(KLINE_SCHEMA))
 
 
 def truth(ex: LocalExchange, symbol: str, start: int, end_excl: int) -> pl.DataFrame:
@@ -139,17 +139,20 @@ async def test_repair_fills_each_hole_with_one_request(tmp_path):
             full = truth(ex, s, start, end)
             keep = [not any(a <= i < b for a, b in cuts[s]) for i in range(full.height)]
             w.add_klines(full.filter(pl.Series(keep)))
+        five = ex.history("BTCUSDT", "5m", start, end - 1)  # another interval, one hole of 7
+        w.add_klines(five.filter(pl.Series([not 100 <= i < 107 for i in range(five.height)])))
         w.close()
         assert sum(len(h) for h in ranges.holes(syms, "1m", db=db).values()) == 5
         before = ex.stats.rest_requests
         b = await run(["--db", str(db), "--repair", "--rest-url", ex.rest_base])
         assert b.result.exit_code == 0, b.result
-        # exchangeInfo plus one request per hole, each with a limit just big enough
-        assert ex.stats.rest_requests - before == 1 + 5
-        assert b.result.weight == 1 + (1 + 1 + 2 + 10) + 1
+        # exchangeInfo plus one request per hole of every stored series, each with a limit just big enough
+        assert ex.stats.rest_requests - before == 1 + 5 + 1
+        assert b.result.weight == 1 + (1 + 1 + 2 + 10) + 1 + 1
         for s in syms:
-            assert_frame_equal(stored(db, s), truth(ex, s, start, end))
-        assert ranges.holes(syms, "1m", db=db) == {}
+            assert_frame_equal(stored(db, s).filter(pl.col("interval") == "1m"), truth(ex, s, start, end))
+        assert_frame_equal(stored(db, "BTCUSDT").filter(pl.col("interval") == "5m"), five)
+        assert ranges.holes(syms, "1m", db=db) == {} and ranges.holes(["BTCUSDT"], "5m", db=db) == {}
         # nothing left to do: a second repair asks for exchangeInfo only
         before = ex.stats.rest_requests
         await run(["--db", str(db), "--repair", "--rest-url", ex.rest_base])
