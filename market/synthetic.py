@@ -1,4 +1,4 @@
-"""A deterministic synthetic market, rendered in Binance's wire format.
+"""A deterministic synthetic market: what the local exchange trades.
 
 The local exchange (market/exchange/) streams and serves what this module computes.
 Every 1m candle of a symbol is a pure function of (seed, symbol, UTC day, minute):
@@ -13,10 +13,8 @@ everything.
 All quantities are integers in the symbol's display units (price ticks, quantity
 lots, quote units of 10^-(price_decimals + qty_decimals)), so sums are exact and
 formatting never rounds differently in two places. Longer intervals and the 24h
-ticker are exact aggregates of the 1m candles.
-
-This module plays Binance: it formats the wire itself and must not import our
-parser (market/binance.py).
+ticker are exact aggregates of the 1m candles. market/exchange/wire.py formats them
+as Binance does; the symbols' specs are in market/synthetic_specs.py.
 """
 
 from __future__ import annotations
@@ -25,81 +23,20 @@ import math
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
+
+from market.synthetic_specs import DEFAULT_SPECS, DEFAULT_SYMBOLS, SymbolSpec, spec_for
+
+__all__ = ["DEFAULT_SPECS", "DEFAULT_SYMBOLS", "DAY_MS", "MINUTE_MS", "STEP_MS", "Candle", "SymbolSpec",
+           "SyntheticMarket", "spec_for"]
 
 MINUTE_MS = 60_000
 STEP_MS = 250  # Binance futures pushes kline updates every 250 ms
 STEPS = MINUTE_MS // STEP_MS
 BLOCK = 1440  # minutes a day: generated per numpy call
 DAY_MS = 86_400_000
-
-
-@dataclass(frozen=True)
-class SymbolSpec:
-    """How one synthetic symbol trades: price level, volatility and turnover."""
-
-    symbol: str
-    price: float  # starting price
-    sigma: float  # per-minute log-return std in a calm market
-    daily_quote: float  # quote (USDT) volume per day
-    rho: float = 0.6  # correlation with the market factor
-
-    @cached_property
-    def price_decimals(self) -> int:
-        return int(min(7, max(1, 5 - math.floor(math.log10(self.price)))))
-
-    @cached_property
-    def qty_decimals(self) -> int:
-        return int(min(3, max(0, round(math.log10(self.price)) - 1)))
-
-    @cached_property
-    def quote_decimals(self) -> int:
-        return self.price_decimals + self.qty_decimals
-
-
-# (symbol, price, per-minute sigma in %, daily quote volume in M USDT)
-_TABLE = """
-BTCUSDT 68000 .08 15000|ETHUSDT 3200 .11 8000|SOLUSDT 150 .16 2500|XRPUSDT 0.55 .15 1500
-DOGEUSDT 0.12 .18 1200|BNBUSDT 580 .10 600|ADAUSDT 0.45 .16 400|1000PEPEUSDT 0.011 .25 600
-SUIUSDT 1.2 .22 700|LINKUSDT 14 .17 400|AVAXUSDT 30 .18 350|LTCUSDT 80 .14 300
-BCHUSDT 400 .15 300|DOTUSDT 6.5 .16 200|TRXUSDT 0.12 .09 150|NEARUSDT 5 .19 250
-UNIUSDT 8 .18 200|APTUSDT 8 .20 200|ARBUSDT 0.8 .20 200|OPUSDT 1.8 .20 150
-ATOMUSDT 7 .17 120|FILUSDT 4.5 .19 150|ETCUSDT 25 .16 150|INJUSDT 22 .22 150
-SEIUSDT 0.4 .24 120|TIAUSDT 6 .24 120|WIFUSDT 2 .30 400|1000SHIBUSDT 0.018 .18 150
-1000BONKUSDT 0.025 .28 200|ORDIUSDT 35 .28 200|AAVEUSDT 150 .18 300|MKRUSDT 2200 .17 80
-LDOUSDT 1.8 .21 120|FETUSDT 1.3 .24 250|RENDERUSDT 7 .23 150|TAOUSDT 350 .26 200
-ENAUSDT 0.6 .26 400|WLDUSDT 2.5 .26 300|STXUSDT 1.8 .22 80|ICPUSDT 9 .20 100
-HBARUSDT 0.08 .19 200|XLMUSDT 0.1 .15 150|ALGOUSDT 0.15 .18 80|GALAUSDT 0.03 .22 80
-SANDUSDT 0.4 .20 80|CRVUSDT 0.4 .24 150|DYDXUSDT 1.5 .24 80|JUPUSDT 0.9 .25 120
-PENDLEUSDT 4 .26 100|ONDOUSDT 1.0 .25 200
-"""
-
-
-def _parse_table() -> tuple[SymbolSpec, ...]:
-    specs = []
-    for item in _TABLE.replace("\n", "|").split("|"):
-        if item.strip():
-            sym, price, sigma, vol = item.split()
-            rho = {"BTCUSDT": 0.95, "ETHUSDT": 0.85}.get(sym, 0.6)
-            specs.append(SymbolSpec(sym, float(price), float(sigma) / 100, float(vol) * 1e6, rho))
-    return tuple(specs)
-
-
-DEFAULT_SPECS: tuple[SymbolSpec, ...] = _parse_table()
-DEFAULT_SYMBOLS: tuple[str, ...] = tuple(s.symbol for s in DEFAULT_SPECS)
-
-
-def spec_for(symbol: str) -> SymbolSpec:
-    """The table's spec, or a deterministic made-up one for an unknown symbol."""
-    for spec in DEFAULT_SPECS:
-        if spec.symbol == symbol:
-            return spec
-    h = zlib.crc32(symbol.encode())
-    return SymbolSpec(symbol, 10 ** ((h % 4000) / 1000 - 2), 0.002, 50e6)
 
 
 class Candle(NamedTuple):
@@ -372,50 +309,3 @@ class SyntheticMarket:
         part, j = self._split_time(t_ms)
         a = part + 1 - 1440 if j else part - 1440
         return self._aggregate(symbol, a, part, part, j, t_ms - DAY_MS, t_ms, False)
-
-
-# -- Binance wire format ----------------------------------------------------
-
-
-def fixed(units: int, decimals: int) -> str:
-    """``units`` * 10^-decimals as an exact decimal string ("12.3400")."""
-    if decimals == 0:
-        return str(units)
-    sign, digits = ("-", str(-units)) if units < 0 else ("", str(units))
-    digits = digits.rjust(decimals + 1, "0")
-    return f"{sign}{digits[:-decimals]}.{digits[-decimals:]}"
-
-
-def kline_data(spec: SymbolSpec, interval: str, k: Candle, event_ms: int, final: bool) -> str:
-    """The ``data`` object of a futures ``<sym>@kline_<interval>`` frame, as JSON text."""
-    pd, qd, sd = spec.price_decimals, spec.qty_decimals, spec.quote_decimals
-    s = spec.symbol
-    return (
-        f'{{"e":"kline","E":{event_ms},"s":"{s}","k":{{"t":{k.open_time},"T":{k.close_time},'
-        f'"s":"{s}","i":"{interval}","f":{k.first_id},"L":{k.last_id},"o":"{fixed(k.o, pd)}",'
-        f'"c":"{fixed(k.c, pd)}","h":"{fixed(k.h, pd)}","l":"{fixed(k.l, pd)}","v":"{fixed(k.v, qd)}",'
-        f'"n":{k.n},"x":{"true" if final else "false"},"q":"{fixed(k.q, sd)}","V":"{fixed(k.bv, qd)}",'
-        f'"Q":"{fixed(k.bq, sd)}","B":"0"}}}}'
-    )
-
-
-def ticker_data(spec: SymbolSpec, w: Candle, event_ms: int) -> str:
-    """The ``data`` object of a futures ``<sym>@ticker`` (24hrTicker) frame."""
-    pd, qd, sd = spec.price_decimals, spec.qty_decimals, spec.quote_decimals
-    s = spec.symbol
-    avg = w.q / w.v / 10**pd if w.v else w.c / 10**pd
-    return (
-        f'{{"e":"24hrTicker","E":{event_ms},"s":"{s}","p":"{fixed(w.c - w.o, pd)}",'
-        f'"P":"{100 * (w.c - w.o) / w.o:.3f}","w":"{avg:.{pd}f}","c":"{fixed(w.c, pd)}",'
-        f'"Q":"{fixed(w.last_qty, qd)}","o":"{fixed(w.o, pd)}","h":"{fixed(w.h, pd)}",'
-        f'"l":"{fixed(w.l, pd)}","v":"{fixed(w.v, qd)}","q":"{fixed(w.q, sd)}",'
-        f'"O":{w.open_time},"C":{w.close_time},"F":{w.first_id},"L":{w.last_id},"n":{w.n}}}'
-    )
-
-
-def rest_row(spec: SymbolSpec, k: Candle) -> list:
-    """One REST klines row, exactly as Binance prints it."""
-    pd, qd, sd = spec.price_decimals, spec.qty_decimals, spec.quote_decimals
-    return [k.open_time, fixed(k.o, pd), fixed(k.h, pd), fixed(k.l, pd), fixed(k.c, pd),
-            fixed(k.v, qd), k.close_time, fixed(k.q, sd), k.n, fixed(k.bv, qd),
-            fixed(k.bq, sd), "0"]

@@ -17,7 +17,7 @@ from market.exchange.limits import kline_weight, ticker_weight
 from market.exchange.responses import error as _err
 from market.exchange.responses import json_response as _json
 from market.schema import interval_ms
-from market.synthetic import Candle, SymbolSpec, fixed, rest_row
+from market.exchange.wire import rest_row, symbol_info, ticker_24hr
 
 _INT = re.compile(r"-?[0-9]{1,20}")
 _SYMBOL = re.compile(r"[A-Z0-9\-_.]{1,20}")
@@ -50,43 +50,6 @@ def request_weight(futures: bool, endpoint: str, q: dict[str, str]) -> int:
     if endpoint == "ticker/24hr":
         return ticker_weight(futures, "symbol" in q)
     return _FIXED_WEIGHT.get((endpoint, futures), 1)
-
-
-def ticker_24hr(spec: SymbolSpec, w: Candle, futures: bool) -> dict:
-    """One ``ticker/24hr`` entry, Binance's field names, e.g. (futures)::
-
-        {"symbol": "BTCUSDT", "priceChange": "-94.99", "priceChangePercent": "-0.140",
-         "weightedAvgPrice": "68012.31", "lastPrice": "67905.01", "lastQty": "0.012", ...
-         "openTime": 1699913640000, "closeTime": 1700000040000, "firstId": 28385,
-         "lastId": 28460, "count": 76}
-    """
-    pd, qd, sd = spec.price_decimals, spec.qty_decimals, spec.quote_decimals
-    avg = w.q / w.v / 10**pd if w.v else w.c / 10**pd
-    out = {"symbol": spec.symbol, "priceChange": fixed(w.c - w.o, pd),
-           "priceChangePercent": f"{100 * (w.c - w.o) / w.o:.3f}", "weightedAvgPrice": f"{avg:.{pd}f}",
-           "lastPrice": fixed(w.c, pd), "lastQty": fixed(w.last_qty, qd)}
-    if not futures:  # spot also reports the book's top; one tick either side of the last price
-        out |= {"prevClosePrice": fixed(w.o, pd), "bidPrice": fixed(max(1, w.c - 1), pd), "bidQty": fixed(1, qd),
-                "askPrice": fixed(w.c + 1, pd), "askQty": fixed(1, qd)}
-    return out | {"openPrice": fixed(w.o, pd), "highPrice": fixed(w.h, pd), "lowPrice": fixed(w.l, pd),
-                  "volume": fixed(w.v, qd), "quoteVolume": fixed(w.q, sd), "openTime": w.open_time,
-                  "closeTime": w.close_time, "firstId": w.first_id, "lastId": w.last_id, "count": w.n}
-
-
-def symbol_info(spec: SymbolSpec, futures: bool) -> dict:
-    """One ``exchangeInfo`` symbol: status, assets, precisions and tick/lot filters."""
-    base = spec.symbol.removesuffix("USDT")
-    filters = [{"filterType": "PRICE_FILTER", "tickSize": fixed(1, spec.price_decimals),
-                "minPrice": fixed(1, spec.price_decimals), "maxPrice": "1000000"},
-               {"filterType": "LOT_SIZE", "stepSize": fixed(1, spec.qty_decimals),
-                "minQty": fixed(1, spec.qty_decimals), "maxQty": "10000000"}]
-    if futures:
-        return {"symbol": spec.symbol, "pair": spec.symbol, "contractType": "PERPETUAL", "status": "TRADING",
-                "baseAsset": base, "quoteAsset": "USDT", "marginAsset": "USDT",
-                "pricePrecision": spec.price_decimals, "quantityPrecision": spec.qty_decimals,
-                "baseAssetPrecision": 8, "quotePrecision": 8, "filters": filters}
-    return {"symbol": spec.symbol, "status": "TRADING", "baseAsset": base, "baseAssetPrecision": 8,
-            "quoteAsset": "USDT", "quotePrecision": 8, "quoteAssetPrecision": 8, "filters": filters}
 
 
 class Rest:

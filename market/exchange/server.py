@@ -34,7 +34,8 @@ from market.exchange.responses import json_response as _json
 from market.exchange.rest import Rest, rest_route
 from market.exchange.streams import Streams, _Conn
 from market.schema import KLINE_SCHEMA, TIME, empty, interval_ms
-from market.synthetic import MINUTE_MS, SyntheticMarket, rest_row, spec_for
+from market.exchange.wire import rest_row
+from market.synthetic import MINUTE_MS, SyntheticMarket, spec_for
 
 _REGION_MSG = ("Service unavailable from a restricted location according to 'b. Eligibility' in "
                "https://www.binance.com/en/terms. Please contact customer service if you believe "

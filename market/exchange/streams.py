@@ -21,7 +21,8 @@ from websockets.protocol import State
 from market.exchange.config import MALFORMED_KINDS, read_recording
 from market.exchange.responses import text as _text
 from market.schema import INTERVAL_MS
-from market.synthetic import MINUTE_MS, STEP_MS, Candle, kline_data, spec_for, ticker_data
+from market.exchange.wire import kline_data, ticker_data
+from market.synthetic import MINUTE_MS, STEP_MS, Candle, spec_for
 
 log = logging.getLogger("market.exchange")
 
