@@ -1,19 +1,19 @@
-"""Entry point: ``panel serve dashboard/app.py [--args --demo ...]``.
+"""Entry point: ``panel serve --warm dashboard/app.py [--args --demo ...]``.
 
 Kept thin on purpose: settings come from ``--args`` (dashboard/config.py), the one
-shared pipeline from dashboard/live.py, and the page from dashboard/view.py.
+shared pipeline from dashboard/live.py, the choice of page from dashboard/pages.py.
+``--warm`` runs this file once as the server starts, which starts recording then;
+without it recording starts with the first page.
 """
 
 import sys
 
 import panel as pn
 
-from dashboard.config import AppConfig
-from dashboard.live import shared_feed
-from dashboard.view import Dashboard
+from dashboard.pages import TITLE, app_page
 
 pn.extension("tabulator", notifications=True, design="bootstrap")
 
-config = pn.state.cache.get("crypto-explorer:config") or AppConfig.from_args(sys.argv[1:])
-pn.state.cache["crypto-explorer:config"] = config
-Dashboard(shared_feed(config)).servable(title="Crypto market explorer")
+page = app_page(sys.argv[1:])
+if page is not None:  # None: the --warm run at server start, which only starts the feed
+    page.servable(title=TITLE)

@@ -46,6 +46,8 @@ class Dashboard(pn.viewable.Viewer):
         self._status = pn.pane.HTML("starting…", sizing_mode="stretch_width", css_classes=["feed-status"],
                                     styles={"color": "white", "font-size": "14px"})
         self._progress = pn.pane.Alert("", alert_type="info", sizing_mode="stretch_width", visible=False)
+        self._started = pn.pane.HTML(feed.started_words(), sizing_mode="stretch_width",
+                                     css_classes=["recording-since"], styles={"font-size": "12px"})
         self._chart = ChartPanel(feed, self.symbol)
         self._heatmap = Heatmap(symbols)
         self._heatmap.on_select(self._select)
@@ -86,6 +88,8 @@ class Dashboard(pn.viewable.Viewer):
     def _tick(self) -> None:
         self.ticks += 1
         self._status.object = self._status_html()
+        if self._started.object != (words := self.feed.started_words()):
+            self._started.object = words
         self._chart.tick()
         self._refresh_heatmap()
         self._show_progress()
@@ -147,7 +151,7 @@ class Dashboard(pn.viewable.Viewer):
         # Bootstrap, not Fast: Fast pulls a web font from a CDN, an error when offline
         template = pn.template.BootstrapTemplate(
             title="Crypto market explorer",
-            sidebar=[widgets, pn.pane.Markdown(_HELP, sizing_mode="stretch_width")],
+            sidebar=[widgets, pn.pane.Markdown(_HELP, sizing_mode="stretch_width"), self._started],
             header=[self._status],
             main=[
                 pn.Column(self._progress, self._chart, sizing_mode="stretch_width"),
