@@ -154,3 +154,44 @@ async def test_server_errors_are_retried_and_region_blocks_are_explained():
                 await rest.fetch("NOPEUSDT", "1m", start, closed_before=now)
         finally:
             await rest.aclose()
+
+
+# --- weight budget, one-request ranges and refusals (added with store.backfill) ---------------
+
+
+async def test_exchange_info_sets_the_shared_budget_and_headers_resync_it():
+    from market.ratelimit import Window, limiter_for
+    async with LocalExchange(symbols=(SYM,), speed=1, history_minutes=60, enforce_weights=True,
+                             futures_weight_limit=60, weight_window="10s") as ex:
+        rest = client(ex)
+        try:
+            await rest.exchange_info()
+            assert rest.limiter is limiter_for(ex.rest_base, False)  # one limiter per host
+            assert rest.limiter.windows == (Window(60, 10, "SECOND"),)
+            async with httpx.AsyncClient() as http:  # someone else on our IP spends 10
+                await http.get(f"{ex.rest_base}/fapi/v1/klines", params={"symbol": SYM, "interval": "1m",
+                                                                         "limit": 1500})
+            now = ex.now_ms()
+            rows = await rest.klines(SYM, "1m", now - now % MINUTE - 10 * MINUTE, now - now % MINUTE - 1, 10)
+            assert len(rows) == 10  # endTime and a limit just big enough: exactly the range
+            # the server's count (ours 1 + 1, theirs 10, unless its window rolled over) replaced our own 2
+            assert rest.limiter.used() == ex.budgets[True].used >= 1
+            assert rest.weight == 2
+        finally:
+            await rest.aclose()
+
+
+async def test_a_redirect_is_never_followed_and_a_400_names_the_symbol():
+    from market.rest import RegionBlocked, SymbolRejected
+    async with LocalExchange(symbols=(SYM,), speed=1, history_minutes=60) as ex:
+        rest = client(ex)
+        try:
+            with pytest.raises(SymbolRejected, match=r"NOPEUSDT: unknown symbol.*Invalid symbol") as bad:
+                await rest.klines("NOPEUSDT", "1m", ex.now_ms() - 5 * MINUTE, None, 5)
+            assert bad.value.symbol == "NOPEUSDT" and bad.value.code == -1121
+            ex.redirect(30, 302, "https://www.binance.com/en/restricted", scope="rest")
+            with pytest.raises(RegionBlocked, match=r"HTTP 302.*https://www.binance.com/en/restricted"):
+                await rest.klines(SYM, "1m", ex.now_ms() - 5 * MINUTE, None, 5)
+            assert ex.stats.redirected == 1 and rest.requests == 2
+        finally:
+            await rest.aclose()
