@@ -253,17 +253,6 @@ def test_plan_one_request_per_range_that_fits_else_weight_efficient_pages():
     assert all(a[1] == b[0] for a, b in zip(pages, pages[1:]))
 
 
-@given(st.lists(st.tuples(st.integers(0, 100), st.integers(1, 20)), max_size=8),
-       st.lists(st.tuples(st.integers(0, 100), st.integers(1, 20)), max_size=8))
-def test_range_subtraction_matches_sets(a, b):
-    ra = [(x, x + n) for x, n in a]
-    rb = [(x, x + n) for x, n in b]
-    expect = {t for x, y in ra for t in range(x, y)} - {t for x, y in rb for t in range(x, y)}
-    got = ranges.subtract(ra, rb)
-    assert {t for x, y in got for t in range(x, y)} == expect
-    assert all(x < y for x, y in got) and got == sorted(got)
-
-
 @pytest.mark.parametrize("argv, says", [
     (["--since", "2026-01-01"], "--symbols A,B or --top N"),
     (["--symbols", "BTCUSDT"], "--since DATE is required"),
