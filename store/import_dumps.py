@@ -186,7 +186,7 @@ def import_files(files: list[Path], db: Path, preset: Preset, *, progress: bool 
         except dumps.DumpError as exc:
             reports[f].error = str(exc)
     lines: list[str] = []
-    ordered = [(key, sorted(items, key=lambda it: (it[0].year, it[0].month, it[0].day or 0, str(it[1]))))
+    ordered = [(key, sorted(items, key=lambda it: (*_key(it[0]), str(it[1]))))
                for key, items in sorted(series.items())]
     queue = [path for _, items in ordered for _, path in items]
     total = sum(p.stat().st_size for p in queue)
@@ -237,28 +237,40 @@ def import_files(files: list[Path], db: Path, preset: Preset, *, progress: bool 
     return [reports[f] for f in files], lines
 
 
-def fetch(d: Download, today: dt.date, progress: bool) -> tuple[list[Path], list[str], list[FileReport]]:
-    """Download ``d``'s files; returns the files to import, notes on missing ones, and failures."""
+def _key(d: dumps.Dump) -> tuple[int, int, int]:
+    return d.year, d.month, d.day or 0
+
+
+def fetch(d: Download, today: dt.date, progress: bool) -> tuple[list[Path], list[str], int, list[FileReport]]:
+    """Download ``d``'s files; returns the files to import, notes on missing ones, their count, failures."""
     wanted = dumps.plan(list(d.symbols), d.interval, d.since, d.until, today)
     bar = tqdm(total=len(wanted), unit="file", desc="download", file=sys.stderr, disable=not progress)
     got = asyncio.run(dumps.download(wanted, d.url, d.market, d.dest, concurrency=d.concurrency,
                                      on_done=lambda _: bar.update()))
-    # The last month's monthly file appears a few days into the next: its days stand in.
+    # The last month's monthly file appears a few days into the next: its days stand in,
+    # for symbols the site knows (some other file of theirs came, or none was asked for).
     last_month = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
-    stand_ins = [day for f in got if f.status == "missing" and f.dump.day is None
-                 and dt.date(f.dump.year, f.dump.month, 1) == last_month
-                 for day in dumps.days_of(f.dump, today)]
+    known = {f.dump.symbol for f in got if f.status != "missing"}
+    asked_days = {f.dump.symbol for f in got if f.dump.day is not None}
+    late = [f for f in got if f.status == "missing" and f.dump.day is None
+            and dt.date(f.dump.year, f.dump.month, 1) == last_month
+            and (f.dump.symbol in known or f.dump.symbol not in asked_days)]
+    stand_ins = [day for f in late for day in dumps.days_of(f.dump, today)]
     if stand_ins:
         bar.total += len(stand_ins)
-        got = [f for f in got if not (f.status == "missing" and f.dump.day is None
-                                       and dt.date(f.dump.year, f.dump.month, 1) == last_month)]
+        got = [f for f in got if f not in late]
         got += asyncio.run(dumps.download(stand_ins, d.url, d.market, d.dest, concurrency=d.concurrency,
                                           on_done=lambda _: bar.update()))
     bar.close()
     files = [f.path for f in got if f.status in ("ok", "cached")]
-    missing = [f"missing {f.dump.stem}: {f.detail}" for f in got if f.status == "missing"]
+    by_series: dict[tuple[str, str], list[dumps.Dump]] = collections.defaultdict(list)
+    for f in got:
+        if f.status == "missing":
+            by_series[(f.dump.symbol, f.dump.interval)].append(f.dump)
+    missing = [f"missing  {sym} {interval}: {len(ds)} file(s) not on the site (HTTP 404): "
+               f"{min(ds, key=_key).stem} .. {max(ds, key=_key).stem}" for (sym, interval), ds in by_series.items()]
     failed = [FileReport(d.dest / f.dump.relpath(d.market), error=f.detail) for f in got if f.status == "failed"]
-    return files, missing, failed
+    return files, missing, sum(map(len, by_series.values())), failed
 
 
 def main(argv: list[str] | None = None, today: dt.date | None = None) -> int:
@@ -276,9 +288,9 @@ def main(argv: list[str] | None = None, today: dt.date | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    files, notes, failed = collect(args.paths), [], []
+    files, notes, n_missing, failed = collect(args.paths), [], 0, []
     if args.download:
-        got, notes, failed = fetch(args.download, today or dt.datetime.now(dt.UTC).date(), args.progress)
+        got, notes, n_missing, failed = fetch(args.download, today or dt.datetime.now(dt.UTC).date(), args.progress)
         files += [f for f in got if f not in files]
     try:
         reports, lines = import_files(files, args.db, args.preset, progress=args.progress)
@@ -297,7 +309,7 @@ def main(argv: list[str] | None = None, today: dt.date | None = None) -> int:
     rows = sum(r.rows for r in reports)
     seconds = time.perf_counter() - started
     print(f"{len(reports) - refused} files loaded ({rows:,} rows, {sum(r.replaced for r in reports):,} replaced), "
-          f"{refused} refused, {len(notes)} missing at the site, in {seconds:.1f} s into {args.db}")
+          f"{refused} refused, {n_missing} missing at the site, in {seconds:.1f} s into {args.db}")
     return 1 if refused else 0
 
 

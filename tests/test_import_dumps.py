@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import http.server
@@ -19,6 +20,8 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 import store
+from market.exchange import LocalExchange
+from market.exchange.dumps import corrupt, write_tree
 from market.indicators import add_indicators, add_signal
 from market.schema import KLINE_SCHEMA
 from store import import_dumps
@@ -180,6 +183,75 @@ def test_seam_with_stored_candles_before_and_after(tmp_path, capsys):
     assert_frame_equal(klines(db), history, check_exact=True)
 
 
+def _ms(day: str) -> int:
+    return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def _truth(symbols: tuple[str, ...], interval: str, start: str, end: str) -> pl.DataFrame:
+    """What the local exchange serves over REST for [start, end): the dumps' rows, as candles."""
+    ex = LocalExchange(symbols=symbols, speed=0, start_time=_ms(end), history_days=(
+        dt.date.fromisoformat(end) - dt.date.fromisoformat(start)).days + 1)
+    return pl.concat([ex.history(s, interval, _ms(start), _ms(end) - 1) for s in symbols]).sort(
+        "symbol", "interval", "open_time")
+
+
+def test_exchange_tree_end_to_end(tmp_path, capsys):
+    """The local exchange's dump tree (Binance's header and time-unit rules), three spoiled files."""
+    tree, db = tmp_path / "tree", tmp_path / "f.duckdb"
+    # December 2021 has no header row, January 2022 has one
+    write_tree(tree, ["BTCUSDT", "ETHUSDT"], "1m", "2021-12-01", "2022-02-01")
+    hourly = write_tree(tree, ["BTCUSDT"], "1h", "2021-12-01", "2021-12-05", monthly=False)
+    spoiled = write_tree(tree, ["SOLUSDT"], "1h", "2022-01-01", "2022-01-04", monthly=False)
+    for path, kind in zip(spoiled, ("checksum", "row", "truncated")):
+        corrupt(path, kind)
+    corrupt(spoiled[2], "missing_checksum")  # so the zip itself is what is judged
+    code, out, _ = run(capsys, "--db", db, tree)
+    assert code == 1
+    assert "8 files loaded" in out and "3 refused" in out
+    assert f"REFUSED  {spoiled[0]}: SOLUSDT-1h-2022-01-01.zip: checksum mismatch" in out
+    assert f"REFUSED  {spoiled[1]}: SOLUSDT-1h-2022-01-02.zip:SOLUSDT-1h-2022-01-02.csv line " in out
+    assert ": close 'abc' is not a number" in out
+    assert f"REFUSED  {spoiled[2]}: SOLUSDT-1h-2022-01-03.zip: unreadable zip" in out
+    expected = pl.concat([_truth(("BTCUSDT", "ETHUSDT"), "1m", "2021-12-01", "2022-02-01"),
+                          _truth(("BTCUSDT",), "1h", "2021-12-01", "2021-12-05")]).sort("symbol", "interval", "open_time")
+    assert_frame_equal(klines(db), expected, check_exact=True)
+    assert len(hourly) == 4 and "SOLUSDT" not in store.query("SELECT DISTINCT symbol FROM klines", db=db)["symbol"]
+    assert_full_history_indicators(db)
+    # the spot tree: milliseconds in 2024, microseconds from 2025-01-01 on, never a header
+    spot_db = tmp_path / "s.duckdb"
+    write_tree(tree, ["BTCUSDT"], "1m", "2024-12-30", "2025-01-02", market="spot", monthly=False)
+    code, out, _ = run(capsys, "--db", spot_db, "--exchange", "binance-spot", tree / "data/spot")
+    assert code == 0, out
+    assert_frame_equal(klines(spot_db), _truth(("BTCUSDT",), "1m", "2024-12-30", "2025-01-02"), check_exact=True)
+
+
+async def test_download_from_the_local_exchange(tmp_path, capsys):
+    """Monthly files for whole months, then yesterday's days, over loopback; an unknown symbol is a 404."""
+    db, dest = tmp_path / "m.duckdb", tmp_path / "got"
+    start = _ms("2023-11-14") + 22 * 3_600_000  # the exchange clock: Nov 14th, 22:00 UTC
+    async with LocalExchange(symbols=("BTCUSDT", "ETHUSDT"), speed=0, start_time=start, history_days=60) as ex:
+        code = await asyncio.to_thread(
+            main, ["--no-progress", "--db", str(db), "--download", "--symbols", "BTCUSDT,ETHUSDT,NOPEUSDT",
+                   "--since", "2023-10", "--dumps-url", ex.rest_base, "--dest", str(dest)],
+            today=dt.date(2023, 11, 14))
+        served = ex.stats.dumps_served
+    out = capsys.readouterr().out
+    assert code == 0, out
+    # per symbol: 1 monthly + 13 daily files, each with its CHECKSUM; NOPEUSDT: 14 reported 404s
+    assert served == 2 * 14 * 2
+    assert "missing  NOPEUSDT 1m: 14 file(s) not on the site (HTTP 404): NOPEUSDT-1m-2023-10 .. NOPEUSDT-1m-2023-11-13" in out
+    assert "28 files loaded" in out
+    expected = _truth(("BTCUSDT", "ETHUSDT"), "1m", "2023-10-01", "2023-11-14")
+    assert_frame_equal(klines(db), expected, check_exact=True)
+    assert_full_history_indicators(db)
+    # a second run finds the files already downloaded and verified: nothing fetched, nothing changes
+    code = await asyncio.to_thread(
+        main, ["--no-progress", "--db", str(db), "--download", "--symbols", "BTCUSDT", "--since", "2023-10",
+               "--until", "2023-10", "--dumps-url", "http://127.0.0.1:9", "--dest", str(dest)],
+        today=dt.date(2023, 11, 14))
+    assert code == 0 and "44,640 rows, 44,640 replaced (0 changed)" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- markets
 
 
@@ -239,7 +311,7 @@ def test_download_months_then_days_404_reported(tmp_path, capsys):
     finally:
         web.close()
     assert code == 0, out + err
-    assert "missing NEWUSDT-1m-2024-01" in out and "HTTP 404" in out
+    assert "missing  NEWUSDT 1m: 4 file(s) not on the site (HTTP 404): NEWUSDT-1m-2024-01 .. NEWUSDT-1m-2024-03-03" in out
     assert (dest / "data/futures/um/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-03-03.zip.CHECKSUM").exists()
     assert_frame_equal(klines(db, "BTCUSDT"), pl.concat([jan, feb, march]), check_exact=True)
     assert klines(db, "NEWUSDT").height == 29 * 1440
