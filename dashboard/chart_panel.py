@@ -23,7 +23,7 @@ import polars as pl
 
 from dashboard import lod
 from dashboard.history_chart import CandleChart, columns, empty_columns
-from dashboard.ranges import window_candles
+from dashboard.ranges import closed_empty, window_candles
 from dashboard.series import Series
 from market.schema import interval_ms
 from store.db import StoreError
@@ -122,19 +122,19 @@ class ChartPanel:
               forming: pl.DataFrame | None = None) -> None:
         """Load the window around [x0, x1] at ``timeframe`` and show [x0, x1]."""
         started = time.perf_counter()
-        self._series_for(timeframe)
-        if closed is None:
-            closed, forming = self.series.initial() if self._fresh else self.series.current()
-        self._fresh = False
         self.timeframe = timeframe
         win = lod.load_window(x0, x1, timeframe)
-        recent_first = _ms(closed["open_time"][0]) if closed.height else None
-        live = recent_first is None or win.end > recent_first
+        live = closed is not None or self._reaches_memory(win)
+        if live and closed is None:  # the live series only when its candles are in the window
+            self._series_for(timeframe)
+            closed, forming = self.series.initial() if self._fresh else self.series.current()
+            self._fresh = False
         try:
             frame = window_candles(self.symbol, win, db=self.feed.pipeline.db, recent=closed if live else None)
         except StoreError as exc:
             log.info("chart window from memory only: %s", exc)
-            frame = closed.filter(pl.col("open_time") >= _EPOCH + dt.timedelta(milliseconds=win.start))
+            frame = closed.filter(pl.col("open_time") >= _EPOCH + dt.timedelta(milliseconds=win.start)) \
+                if live else closed_empty()
         self.window = lod.Window(timeframe, win.start, _LIVE if live else win.end)
         forming_cols = columns(forming, timeframe) if live and forming is not None else empty_columns()
         with _held():
@@ -146,6 +146,11 @@ class ChartPanel:
         self.loads += 1
         self.last_load_ms = (time.perf_counter() - started) * 1000
         log.debug("loaded %s %s %d candles in %.0f ms", self.symbol, timeframe, len(frame), self.last_load_ms)
+
+    def _reaches_memory(self, win: lod.Window) -> bool:
+        """The window ends after the first candle the pipeline holds in memory (or memory is empty)."""
+        mem = self.feed.state.candles(self.symbol)
+        return mem.height == 0 or win.end > _ms(mem["open_time"][0])
 
     def _sync_buttons(self) -> None:
         self._setting = True

@@ -19,6 +19,7 @@ from market.indicators import WARMUP, add_indicators
 from market.schema import interval_ms
 from store.history import Db
 from store.history import candles as stored_candles
+from store.history import klines as stored_klines
 
 _EPOCH = dt.datetime(1970, 1, 1)
 
@@ -42,8 +43,9 @@ def window_candles(symbol: str, window: Window, *, db: Db = None, recent: pl.Dat
         stored_end = cut
     parts = []
     if stored_end is None or stored_end > start:
-        stored = stored_candles(symbol, window.timeframe, start - dt.timedelta(milliseconds=step * warmup),
-                                stored_end, db=db)
+        # 1m needs no aggregation: the plain range read is ~2x cheaper
+        read = stored_klines if window.timeframe == "1m" else stored_candles
+        stored = read(symbol, window.timeframe, start - dt.timedelta(milliseconds=step * warmup), stored_end, db=db)
         if stored.height:
             parts.append(add_indicators(stored).filter(pl.col("open_time") >= start))
     if cut is not None:
@@ -53,7 +55,7 @@ def window_candles(symbol: str, window: Window, *, db: Db = None, recent: pl.Dat
         if keep.height:
             parts.append(keep)
     if not parts:
-        return pl.DataFrame(schema=_SCHEMA)
+        return closed_empty()
     return pl.concat([p.select(list(_SCHEMA)).cast(_SCHEMA) for p in parts])
 
 
@@ -61,3 +63,8 @@ def window_candles(symbol: str, window: Window, *, db: Db = None, recent: pl.Dat
 _SCHEMA = {"symbol": pl.String, "interval": pl.String, "open_time": pl.Datetime("us"), "open": pl.Float64,
            "high": pl.Float64, "low": pl.Float64, "close": pl.Float64, "volume": pl.Float64,
            "rsi": pl.Float64, "stoch_k": pl.Float64, "stoch_d": pl.Float64}
+
+
+def closed_empty() -> pl.DataFrame:
+    """A window with no candles."""
+    return pl.DataFrame(schema=_SCHEMA)

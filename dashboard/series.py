@@ -88,7 +88,8 @@ class Series:
         try:
             self._older = stored_candles(self.symbol, self.timeframe,
                                          cut - dt.timedelta(milliseconds=step * (BUCKETS + WARMUP)), cut, db=db)
-            stored = stored_klines(self.symbol, self.base, cut, first, db=db)
+            stored = (stored_klines(self.symbol, self.base, cut, first, db=db) if first is None or first > cut
+                      else pl.DataFrame(schema={**KLINE_SCHEMA}))  # memory starts on the bucket
         except StoreError as exc:  # a busy or missing file: draw what memory has
             log.info("chart history for %s from memory only: %s", self.symbol, exc)
             self._older = stored = pl.DataFrame(schema={**KLINE_SCHEMA})
