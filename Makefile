@@ -19,10 +19,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
 serve: $(STAMP)
-	$(BIN)/panel serve --warm dashboard/app.py --show $(if $(ARGS),--args $(ARGS),)
+	$(BIN)/panel serve --warm --address 127.0.0.1 dashboard/app.py --show $(if $(ARGS),--args $(ARGS),)
 
 demo: $(STAMP)
-	$(BIN)/panel serve --warm dashboard/app.py --show --args --demo $(ARGS)
+	$(BIN)/panel serve --warm --address 127.0.0.1 dashboard/app.py --show --args --demo $(ARGS)
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
