@@ -62,7 +62,7 @@ class Candle(NamedTuple):
 class _Day:
     """One symbol's 1440 minute candles of one UTC day, with prefix sums for aggregates."""
 
-    __slots__ = ("o", "h", "l", "c", "v", "n", "bv", "q", "bq", "fid", "cum")
+    __slots__ = ("o", "h", "l", "c", "v", "n", "bv", "q", "bq", "fid", "cum", "h_pre", "h_suf", "l_pre", "l_suf")
     FIELDS = ("o", "h", "l", "c", "v", "n", "bv", "q", "bq", "fid")
     SUMS = ("v", "n", "bv", "q", "bq")
 
@@ -70,6 +70,21 @@ class _Day:
         for f in self.FIELDS:
             setattr(self, f, cols[f])
         self.cum = {f: np.concatenate(([0], np.cumsum(cols[f]))) for f in self.SUMS}
+        # running extremes from either end: a span crossing midnight (the 24 h ticker)
+        # is a suffix of one day plus a prefix of the next, so it needs no reduction
+        self.h_pre, self.l_pre = np.maximum.accumulate(self.h), np.minimum.accumulate(self.l)
+        self.h_suf = np.maximum.accumulate(self.h[::-1])[::-1]
+        self.l_suf = np.minimum.accumulate(self.l[::-1])[::-1]
+
+    def extremes(self, lo: int, hi: int) -> tuple[int, int]:
+        """(highest high, lowest low) of minutes [lo, hi) of the day."""
+        if hi == lo + 1:
+            return int(self.h[lo]), int(self.l[lo])
+        if lo == 0:
+            return int(self.h_pre[hi - 1]), int(self.l_pre[hi - 1])
+        if hi == BLOCK:
+            return int(self.h_suf[lo]), int(self.l_suf[lo])
+        return int(self.h[lo:hi].max()), int(self.l[lo:hi].min())
 
 
 class _LRU(OrderedDict):
@@ -115,7 +130,7 @@ class SyntheticMarket:
         self._days = _LRU(cache_days)
         self._market_days = _LRU(64)
         self._anchors = _LRU(4096)
-        self._subs: dict[tuple[str, int], tuple[list[int], ...]] = {}
+        self._subs: dict[tuple[str, int], tuple[int, int, tuple[list[int], ...]]] = {}
 
     # -- day level ---------------------------------------------------------
 
@@ -196,6 +211,11 @@ class SyntheticMarket:
     def sub(self, symbol: str, i: int) -> tuple[list[int], ...]:
         """Cumulative state after each 250 ms step of minute i (minutes since 1970):
         (last, high, low, v, n, bv, q, bq); the last step equals the minute's candle."""
+        return self._minute(symbol, i)[2]
+
+    def _minute(self, symbol: str, i: int) -> tuple[int, int, tuple[list[int], ...]]:
+        """(open, first trade id, sub-path) of minute i; cached, since a forming candle
+        asks for it every 250 ms."""
         hit = self._subs.get((symbol, i))
         if hit is not None:
             return hit
@@ -234,8 +254,8 @@ class SyntheticMarket:
         qshare = cq / cq[-1]
         res = (last.tolist(), high.tolist(), low.tolist(), cv, split(n, share),
                split(bv, share), split(q, qshare), split(bq, qshare))
-        self._subs[(symbol, i)] = res
-        return res
+        hit = self._subs[(symbol, i)] = (o, int(blk.fid[m]), res)
+        return hit
 
     # -- aggregates --------------------------------------------------------
 
@@ -248,28 +268,30 @@ class SyntheticMarket:
             first, lo0, _ = days[0]
             last, _, hi1 = days[-1]
             o, c = int(first.o[lo0]), int(last.c[hi1 - 1])
-            if len(days) == 1 and hi1 - lo0 == 1:
-                h, l_ = int(first.h[lo0]), int(first.l[lo0])
-            else:
-                h = max(int(blk.h[lo:hi].max()) for blk, lo, hi in days)
-                l_ = min(int(blk.l[lo:hi].min()) for blk, lo, hi in days)
-            v, n, bv, q, bq = (sum(int(blk.cum[f][hi] - blk.cum[f][lo]) for blk, lo, hi in days) for f in _Day.SUMS)
+            h, l_ = first.extremes(lo0, days[0][2])
+            v, n, bv, q, bq = (int(first.cum[f][days[0][2]] - first.cum[f][lo0]) for f in _Day.SUMS)
+            for blk, lo, hi in days[1:]:
+                bh, bl = blk.extremes(lo, hi)
+                h, l_ = max(h, bh), min(l_, bl)
+                cum = blk.cum
+                v, n, bv = v + int(cum["v"][hi] - cum["v"][lo]), n + int(cum["n"][hi] - cum["n"][lo]), \
+                    bv + int(cum["bv"][hi] - cum["bv"][lo])
+                q, bq = q + int(cum["q"][hi] - cum["q"][lo]), bq + int(cum["bq"][hi] - cum["bq"][lo])
             fid, lid = int(first.fid[lo0]), int(last.fid[hi1 - 1] + last.n[hi1 - 1] - 1)
             lq = max(1, int(last.v[hi1 - 1]) // STEPS)
         elif j > 0:
-            blk, m = self.day(symbol, part // BLOCK), part % BLOCK
-            o = h = l_ = c = int(blk.o[m])
+            o, fid, _ = self._minute(symbol, part)
+            h = l_ = c = o
             v = n = bv = q = bq = 0
-            fid = int(blk.fid[m])
             lid = lq = 0
         else:
             return None
         if j > 0:
-            last_, high, low, sv, sn, sbv, sq, sbq = self.sub(symbol, part)
+            _, part_fid, (last_, high, low, sv, sn, sbv, sq, sbq) = self._minute(symbol, part)
             s = j - 1
             h, l_, c = max(h, high[s]), min(l_, low[s]), last_[s]
             v, n, bv, q, bq = v + sv[s], n + sn[s], bv + sbv[s], q + sq[s], bq + sbq[s]
-            lid = int(self.day(symbol, part // BLOCK).fid[part % BLOCK]) + sn[s] - 1
+            lid = part_fid + sn[s] - 1
             lq = max(1, sv[s] - (sv[s - 1] if s else 0))
         return Candle(open_time, close_time, o, h, l_, c, v, n, bv, q, bq, fid, lid, closed, lq)
 

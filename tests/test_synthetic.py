@@ -73,3 +73,18 @@ async def test_rest_serves_a_year_back_and_aggregates_exactly() -> None:
         both = {"symbol": "BTCUSDT", "interval": "1m", "startTime": lo, "limit": 1000}
         rows = (await http.get(f"{later.rest_base}/fapi/v1/klines", params=both)).json()
         assert len(rows) == 1000 and rows == ex.history_rows("BTCUSDT", "1m", lo, lo + 999 * MINUTE_MS)
+
+
+@pytest.mark.parametrize("t", [START + 12_345, START - START % DAY_MS + 250, START - START % DAY_MS - 250, START + 7 * 3_600_000])
+def test_the_24h_window_is_the_sum_of_its_minutes(t: int) -> None:
+    m = market()
+    w = m.window("1000PEPEUSDT", t)
+    first = t - DAY_MS
+    minutes = [m.candle("1000PEPEUSDT", MINUTE_MS, o, t) for o in range(first - first % MINUTE_MS, t + 1, MINUTE_MS)]
+    minutes = [k for k in minutes if k is not None and k.open_time + MINUTE_MS > first]
+    if minutes[0].open_time < first:  # the window starts after the partly covered minute
+        minutes = minutes[1:]
+    assert w.o == minutes[0].o and w.c == minutes[-1].c
+    assert w.h == max(k.h for k in minutes) and w.l == min(k.l for k in minutes)
+    assert (w.v, w.n, w.q) == (sum(k.v for k in minutes), sum(k.n for k in minutes), sum(k.q for k in minutes))
+    assert w.first_id == minutes[0].first_id and w.last_id == minutes[-1].last_id
