@@ -5,7 +5,7 @@ timeframe from the zoom (the finest with at most ``lod.MAX_CANDLES`` candles in
 view) and the timeframe buttons show which one is drawn; clicking a timeframe
 pins it (zooming out then stops at ``MAX_CANDLES`` candles), clicking Auto again
 releases it. Panning or zooming past the loaded candles loads the window around
-the view from the store (``dashboard.ranges``); the live end comes from the
+the view from the store (``dashboard.windows``); the live end comes from the
 shared pipeline's memory through a ``Series`` and keeps streaming. The view
 follows new candles only while its right edge is at the live end; "Go to live"
 returns there, the date picker jumps to a day.
@@ -23,7 +23,7 @@ import polars as pl
 
 from dashboard import lod
 from dashboard.history_chart import CandleChart, columns, empty_columns
-from dashboard.ranges import closed_empty, window_candles
+from dashboard.windows import closed_empty, window_candles
 from dashboard.series import Series
 from market.schema import interval_ms
 from store.db import StoreError

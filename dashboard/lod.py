@@ -79,10 +79,9 @@ def load_window(x0: float, x1: float, timeframe: str, max_candles: int = MAX_CAN
     margin = min(span / 2, room / 2)
     start = math.floor((x0 - margin) / step) * step
     end = math.ceil((x1 + margin) / step) * step
-    while (end - start) // step > max_candles:  # the view alone is wider than allowed
-        end -= step
-        if (end - start) // step > max_candles:
-            start += step
+    if (end - start) // step > max_candles:  # the view alone is wider: its middle part
+        start = math.floor(((x0 + x1) / 2) / step - max_candles // 2) * step
+        end = start + max_candles * step
     return Window(timeframe, int(start), int(end))
 
 
