@@ -99,7 +99,10 @@ class Backfill:
             self.result.fatal = str(exc)
         finally:
             await self.client.aclose()
-            await asyncio.to_thread(self._flush, True)
+            try:
+                await asyncio.to_thread(self._flush, True)
+            except StoreError as exc:  # candles the writer could not write are spooled, not lost
+                self.result.fatal = self.result.fatal or str(exc)
             self.result.requests, self.result.weight = self.client.requests, self.client.weight
         return self.result
 

@@ -390,3 +390,19 @@ async def test_a_long_range_before_the_listing_costs_one_probe(tmp_path):
         assert ex.stats.rest_requests - before == 3  # exchangeInfo, the probe, one page of 300
         assert_frame_equal(stored(db, "BTCUSDT"), truth(ex, "BTCUSDT", since, until))
         assert ranges.empty(["BTCUSDT"], "1m", db=db) == {"BTCUSDT": [(since, first)]}
+
+
+async def test_spot_preset_uses_spot_paths_weights_and_market(tmp_path):
+    db = tmp_path / "s.duckdb"
+    async with exchange(["BTCUSDT"], history_minutes=600) as ex:
+        since = floor(ex.now_ms()) - 900 * MINUTE  # 300 before the history, 600 in it: one page
+        b = await run(["--db", str(db), "--symbols", "BTCUSDT", "--since", iso(since), "--exchange", "binance-spot",
+                       "--rest-url", ex.rest_base])
+        assert b.result.exit_code == 0, b.result
+        assert b.client.preset.klines_path == "/api/v3/klines"
+        assert b.result.weight == 20 + 2  # spot exchangeInfo, one klines request (spot: always 2)
+        assert_frame_equal(stored(db, "BTCUSDT"), truth(ex, "BTCUSDT", since, floor(b.now)))
+    assert store.query("SELECT value FROM meta WHERE key = 'market'", db=db)["value"][0] == "binance-spot"
+    # a spot file refuses futures candles, before any network traffic
+    assert main(["--db", str(db), "--symbols", "BTCUSDT", "--since", iso(since), "--rest-url",
+                 "http://127.0.0.1:9", "--no-progress"]) == 1
