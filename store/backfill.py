@@ -224,9 +224,9 @@ class Backfill:
         """Point the per-symbol bar at the first series with requests left."""
         self._current = next((k for k in self._keys if self._left[k]), None)
         if self._current is not None:
+            self._sym_bar.set_description(" ".join(self._current), refresh=False)
             self._sym_bar.reset(total=self._size[self._current])
             self._sym_bar.update(self._seen[self._current])
-            self._sym_bar.set_description(" ".join(self._current))
 
     def _fail(self, symbol: str, message: str) -> None:
         if symbol not in self.result.failed:

@@ -256,6 +256,16 @@ def test_plan_one_request_per_range_that_fits_else_weight_efficient_pages():
     assert all(a[1] == b[0] for a, b in zip(pages, pages[1:]))
 
 
+def test_absent_ranges_of_an_answer():
+    from market.rest import absent_ranges
+    m = MINUTE
+    # asked for [0, 10): got 2, 3, 7 -> absent before 2, between 3 and 7, after 7 (the caller decides)
+    assert absent_ranges([2 * m, 3 * m, 7 * m], 0, 10 * m, m) == [(0, 2 * m), (4 * m, 7 * m), (8 * m, 10 * m)]
+    assert absent_ranges([], 0, 3 * m, m) == [(0, 3 * m)]
+    assert absent_ranges([0, m, 2 * m], 0, 3 * m, m) == []
+    assert absent_ranges([-m, 0, 5 * m, 12 * m], 0, 6 * m, m) == [(m, 5 * m)]  # rows outside are ignored
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--since", "2026-01-01"], "--symbols A,B or --top N"),
     (["--symbols", "BTCUSDT"], "--since DATE is required"),
