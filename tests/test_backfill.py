@@ -402,7 +402,7 @@ async def test_a_long_range_before_the_listing_costs_one_probe(tmp_path):
         assert ranges.empty(["BTCUSDT"], "1m", db=db) == {"BTCUSDT": [(since, first)]}
 
 
-async def test_spot_preset_uses_spot_paths_weights_and_market(tmp_path):
+async def test_spot_preset_uses_spot_paths_weights_and_market(tmp_path, capsys):
     db = tmp_path / "s.duckdb"
     async with exchange(["BTCUSDT"], history_minutes=600) as ex:
         since = floor(ex.now_ms()) - 900 * MINUTE  # 300 before the history, 600 in it: one page
@@ -416,3 +416,5 @@ async def test_spot_preset_uses_spot_paths_weights_and_market(tmp_path):
     # a spot file refuses futures candles, before any network traffic
     assert main(["--db", str(db), "--symbols", "BTCUSDT", "--since", iso(since), "--rest-url",
                  "http://127.0.0.1:9", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "holds binance-spot candles, not binance-futures" in err and "127.0.0.1:9" not in err
