@@ -51,7 +51,7 @@ class Explorer(pn.viewable.Viewer):
     op = param.Selector(default="=", objects=list(browse.OPERATORS), doc="Filter operator.")
     value = param.String("", doc="Filter value (ignored by 'is null' / 'is not null').")
     order_by = param.Selector(default=None, objects=[], allow_None=True, doc="Sort column (on the server).")
-    descending = param.Boolean(True, doc="Sort newest/largest first.")
+    descending = param.Boolean(False, doc="Sort newest/largest first.")
     page_size = param.Selector(default=100, objects=list(PAGE_SIZES), doc="Rows per page.")
 
     symbol = param.String("BTCUSDT", doc="Symbol whose candles to find.")
@@ -120,7 +120,8 @@ class Explorer(pn.viewable.Viewer):
         self.param.column.objects = names
         self.param.order_by.objects = [None, *names]
         self.column = "symbol" if "symbol" in names else names[0]
-        self.order_by = "open_time" if "open_time" in names else None
+        # storage order first: a sort over 26M rows is a full scan, so it waits for the user's choice
+        self.order_by = None
         self.filters = []
         self.offset = 0
         self._download.filename = f"{self.table}.csv"

@@ -23,11 +23,12 @@ DuckDB's own words, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -93,17 +94,36 @@ def run(
     lock_timeout: float = 10.0,
 ) -> Result:
     """Run one read-only statement in a fresh sandbox; at most ``max_rows`` rows back."""
-    statement = check(sql)
-    started = time.perf_counter()
-    with _sandbox(resolve_db(db), lock_timeout) as con:
-        timer = threading.Timer(timeout, con.interrupt)
+    check(sql)
+    with session(db, lock_timeout=lock_timeout) as s:
+        return s.run(sql, params, timeout=timeout, max_rows=max_rows)
+
+
+class Session:
+    """One open sandbox: several checked statements on one read-only open of the file.
+
+    Each statement gets its own time limit; keep the block short, since the file
+    stays open (and the writer queues rows) until it ends.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def run(
+        self,
+        sql: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_rows: int = DEFAULT_MAX_ROWS,
+    ) -> Result:
+        statement = check(sql)
+        started = time.perf_counter()
+        timer = threading.Timer(timeout, self.con.interrupt)
         timer.start()
         try:
-            rel = con.sql(statement, params=params)
-            if rel is None:
-                frame = pl.DataFrame()
-            else:
-                frame = rel.limit(max_rows + 1).pl()
+            rel = self.con.sql(statement, params=params)
+            frame = pl.DataFrame() if rel is None else rel.limit(max_rows + 1).pl()
         except duckdb.InterruptException as exc:
             raise QueryTimeout(
                 f"the query ran longer than {timeout:g} s and was cancelled; narrow it "
@@ -115,8 +135,15 @@ def run(
             raise QueryError(_words(exc)) from exc
         finally:
             timer.cancel()
-    truncated = frame.height > max_rows
-    return Result(frame.head(max_rows), truncated, (time.perf_counter() - started) * 1000)
+        truncated = frame.height > max_rows
+        return Result(frame.head(max_rows), truncated, (time.perf_counter() - started) * 1000)
+
+
+@contextlib.contextmanager
+def session(db: str | os.PathLike[str] | None = None, *, lock_timeout: float = 10.0) -> Iterator[Session]:
+    """Open the file once in a sandbox for a few statements (see ``Session``)."""
+    with _sandbox(resolve_db(db), lock_timeout) as con:
+        yield Session(con)
 
 
 class _sandbox:
@@ -178,4 +205,5 @@ def _words(exc: duckdb.Error) -> str:
     return text.split("\n\nLINE")[0].strip()
 
 
-__all__ = ["DEFAULT_MAX_ROWS", "DEFAULT_TIMEOUT", "QueryTimeout", "Result", "SandboxRefused", "check", "run"]
+__all__ = ["DEFAULT_MAX_ROWS", "DEFAULT_TIMEOUT", "QueryTimeout", "Result", "SandboxRefused", "Session", "check", "run",
+           "session"]

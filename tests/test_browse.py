@@ -105,7 +105,8 @@ def test_coverage_and_gaps(tmp_path):
     w.add_klines(holed)
     w.flush()
     cov = browse.coverage(db=path)
-    assert cov.select("symbol", "candles", "missing", "gaps").rows() == [("BTCUSDT", 300, 0, 0), ("ETHUSDT", 285, 15, 5)]
+    assert cov.select("symbol", "interval", "candles", "missing").rows() == [
+        ("BTCUSDT", "1m", 300, 0), ("ETHUSDT", "1m", 285, 15)]
     g = browse.gaps("ETHUSDT", "1m", db=path)
     assert g.height == 5 and g["missing"].to_list() == [3] * 5
     assert g["gap_start"][0] == START + dt.timedelta(minutes=5)
