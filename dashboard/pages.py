@@ -9,12 +9,13 @@ Every later run is a browser session and gets a page: the data explorer for
 
 from __future__ import annotations
 
+import html
 import logging
 import sys
 
 import panel as pn
 
-from dashboard.config import AppConfig
+from dashboard.config import AppConfig, ConfigError
 from dashboard.live import SharedFeed, shared_feed
 from store.db import StoreError
 
@@ -77,8 +78,16 @@ def app_page(argv: list[str]):
     A database that cannot be used ends a ``--warm`` start with one plain line and
     exit code 2; without ``--warm`` the page shows the same words.
     """
-    config = app_config(argv)
     warm = warming()
+    try:
+        config = app_config(argv)
+    except ConfigError as exc:  # a bad --args value: its one line, never a traceback or a broken page
+        if warm:
+            print(exc, file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        log.error("%s", exc)
+        return pn.pane.Alert(f"<b>Cannot start:</b> {html.escape(str(exc))}", alert_type="danger",
+                             sizing_mode="stretch_width")
     try:
         feed = shared_feed(config, at="server start" if warm else "first page")
     except StoreError as exc:

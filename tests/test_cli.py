@@ -15,9 +15,12 @@ import contextlib
 import io
 import math
 import os
+import socket
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -235,3 +238,45 @@ async def test_unknown_symbol_exits_1_naming_it(tmp_path):
     assert last.startswith("python -m store.ingest: error: received nothing for NOPEUSDT in "), last
     assert "BTCUSDT" not in last.split(":", 2)[2].split(" in ")[0]
     assert "NOPEUSDT" in last and ("unknown symbol" in last or "Invalid symbol" in last), last
+
+
+# --------------------------------------------------------------------------- the dashboard's --args
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_bad_args_end_a_warm_start_with_one_line_and_exit_2():
+    res = subprocess.run([sys.executable, "-m", "panel", "serve", "--warm", "dashboard/app.py", "--port",
+                          str(free_port()), "--args", "--interval", "7m"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    assert out.strip() == ("panel serve dashboard/app.py --args: error: argument --interval: '7m' is not a kline "
+                           "interval; use one of 1m, 3m, 5m, 15m, 30m, 1h, 2h, 4h, 6h, 8h, 12h, 1d; see panel "
+                           "serve dashboard/app.py --args --help"), out
+
+
+def test_dashboard_bad_args_without_warm_log_one_line_and_no_traceback(tmp_path):
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "panel", "serve", "dashboard/app.py", "--port", str(port),
+                                 "--args", "--symbols", "BTC-USDT"], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 90
+        while "'BTC-USDT' is not letters and digits" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                assert httpx.get(f"http://127.0.0.1:{port}/app", timeout=30).status_code == 200
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "Traceback" not in text and "Error running application handler" not in text, text
+    errors = [line for line in text.splitlines() if "error:" in line]
+    assert errors and all(line.endswith("see panel serve dashboard/app.py --args --help") for line in errors), text
