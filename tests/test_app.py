@@ -146,7 +146,7 @@ def test_page_renders_every_part_with_data(demo, pages):
     assert all(label.endswith("%") for label in s["heatmap"]["labels"])
     assert sorted(s["table"]["symbols"]) == sorted(SYMBOLS) and s["table"]["with_rsi"] == 10
     assert abs(s["last_close"] / table_price(s, "BTCUSDT") - 1) < 0.02  # chart and table agree
-    wait_state(page, lambda s: "live:" in s["status"] and sessions_shown(s) is not None, 30,
+    wait_state(page, lambda s: "live:" in s["status"] and sessions_shown(s) is not None, 60,
                what="status 'live'")
     assert_no_js_errors(pages.console)
 
@@ -155,14 +155,16 @@ def test_charts_receive_new_candles_and_ticks(demo, pages):
     page = pages.new(demo.url)
     s0 = wait_state(page, complete, 60, what="a complete page")
     # at 30x a candle closes every 2 s and the forming one changes every ~8 ms
-    moved = wait_state(page, lambda s: s["last_close"] != s0["last_close"], 10, what="the live candle to move")
+    moved = wait_state(page, lambda s: s["last_close"] != s0["last_close"], 60, what="the live candle to move")
     assert moved["last_time"] >= s0["last_time"]
-    later = wait_state(page, lambda s: s["last_time"] >= s0["last_time"] + 2 * 60_000, 20,
+    later = wait_state(page, lambda s: s["last_time"] >= s0["last_time"] + 2 * 60_000, 60,
                        what="two more closed candles")
-    assert later["closed_rows"] >= s0["closed_rows"] + 1 or later["closed_rows"] == 2000  # (rolls over at 2000)
+    # every candle that closed since s0 is one more row, up to the buffer's 2,000 (then it rolls over)
+    closed_since = (later["last_time"] - s0["last_time"]) // 60_000
+    assert later["closed_rows"] == min(2000, s0["closed_rows"] + closed_since), (s0, later)
     assert later["spacing_ms"] == 60_000
     labels0 = s0["heatmap"]["labels"]
-    wait_state(page, lambda s: s["heatmap"]["labels"] != labels0, 10, what="heatmap values to change")
+    wait_state(page, lambda s: s["heatmap"]["labels"] != labels0, 60, what="heatmap values to change")
     assert_no_js_errors(pages.console)
 
 
@@ -170,14 +172,14 @@ def test_clicking_a_heatmap_tile_charts_that_symbol(demo, pages):
     page = pages.new(demo.url)
     btc = wait_state(page, complete, 60, what="a complete page")["last_close"]
     click_tile(page, "ETHUSDT")
-    wait_state(page, lambda s: s["symbol"] == "ETHUSDT", 15, what="the symbol to switch to ETHUSDT")
-    s = wait_state(page, lambda s: abs(s["last_close"] / table_price(s, "ETHUSDT") - 1) < 0.02, 15,
+    wait_state(page, lambda s: s["symbol"] == "ETHUSDT", 60, what="the symbol to switch to ETHUSDT")
+    s = wait_state(page, lambda s: abs(s["last_close"] / table_price(s, "ETHUSDT") - 1) < 0.02, 60,
                    what="ETHUSDT candles in the chart")
     assert abs(s["last_close"] / btc - 1) > 0.5  # not BTC's chart any more
     assert s["heatmap"]["selected"] == [SYMBOLS.index("ETHUSDT")]
     click_tile(page, "AVAXUSDT")
     wait_state(page, lambda s: s["symbol"] == "AVAXUSDT" and abs(s["last_close"] / table_price(s, "AVAXUSDT") - 1) < 0.02,
-               15, what="AVAXUSDT candles in the chart")
+               60, what="AVAXUSDT candles in the chart")
     assert_no_js_errors(pages.console)
 
 
@@ -187,8 +189,8 @@ def test_clicking_a_table_row_charts_that_symbol(demo, pages):
     for symbol in ("SOLUSDT", "DOGEUSDT"):
         # the price cell: the symbol column is frozen and the row is re-rendered on updates
         page.locator(".tabulator-row").filter(has_text=symbol).first.locator(".tabulator-cell").nth(2).click()
-        wait_state(page, lambda s, symbol=symbol: s["symbol"] == symbol, 15, what=f"the symbol to be {symbol}")
-        wait_state(page, lambda s, symbol=symbol: abs(s["last_close"] / table_price(s, symbol) - 1) < 0.02, 15,
+        wait_state(page, lambda s, symbol=symbol: s["symbol"] == symbol, 60, what=f"the symbol to be {symbol}")
+        wait_state(page, lambda s, symbol=symbol: abs(s["last_close"] / table_price(s, symbol) - 1) < 0.02, 60,
                    what=f"{symbol} candles in the chart")
     assert_no_js_errors(pages.console)
 
@@ -197,35 +199,35 @@ def test_switching_timeframe_redraws_with_coarser_candles(demo, pages):
     page = pages.new(demo.url)
     one = wait_state(page, complete, 60, what="a complete page")
     page.get_by_role("button", name="5m", exact=True).click()
-    five = wait_state(page, lambda s: s["spacing_ms"] == 5 * 60_000, 20, what="5m candles")
+    five = wait_state(page, lambda s: s["spacing_ms"] == 5 * 60_000, 60, what="5m candles")
     assert five["timeframe"] == "5m"
     assert one["closed_rows"] / 6 < five["closed_rows"] < one["closed_rows"]
     assert five["panels"]["RSI"]["values"] >= five["closed_rows"] - 14
     page.get_by_role("button", name="1h", exact=True).click()
-    hour = wait_state(page, lambda s: s["spacing_ms"] == 3_600_000, 20, what="1h candles")
+    hour = wait_state(page, lambda s: s["spacing_ms"] == 3_600_000, 60, what="1h candles")
     assert hour["timeframe"] == "1h" and 0 < hour["closed_rows"] < five["closed_rows"]
     # the live 1h candle keeps moving with the 1m stream
-    wait_state(page, lambda s: s["last_close"] != hour["last_close"], 10, what="the live 1h candle to move")
+    wait_state(page, lambda s: s["last_close"] != hour["last_close"], 60, what="the live 1h candle to move")
     page.get_by_role("button", name="1m", exact=True).click()
-    wait_state(page, lambda s: s["spacing_ms"] == 60_000 and s["closed_rows"] >= one["closed_rows"], 20,
+    wait_state(page, lambda s: s["spacing_ms"] == 60_000 and s["closed_rows"] >= one["closed_rows"], 60,
                what="1m candles again")
     assert_no_js_errors(pages.console)
 
 
 def test_five_sessions_update_and_closing_them_is_noticed(demo, pages):
     watcher = pages.new(demo.url)
-    wait_state(watcher, lambda s: sessions_shown(s) == 1, 30, what="earlier tabs to be reaped")
+    wait_state(watcher, lambda s: sessions_shown(s) == 1, 60, what="earlier tabs to be reaped")
     tabs = [pages.new(demo.url, SMALL) for _ in range(5)]  # small: six tabs draw on two cores
     first = [wait_state(t, complete, 60, what="a complete page") for t in tabs]
     for tab, s0 in zip(tabs, first):
         wait_state(tab, lambda s, s0=s0: s["last_time"] > s0["last_time"] and s["last_close"] != s0["last_close"],
-                   20, what="a new candle in every tab")
-    wait_state(watcher, lambda s: sessions_shown(s) == 6, 10, what="6 sessions in the header")
+                   60, what="a new candle in every tab")
+    wait_state(watcher, lambda s: sessions_shown(s) == 6, 60, what="6 sessions in the header")
     for tab in tabs:
         tab.close()
     # Bokeh reaps a closed tab's session after --unused-session-lifetime; the view stops
     # its callback and tells the shared feed
-    wait_state(watcher, lambda s: sessions_shown(s) == 1, 30, what="the closed tabs' sessions to end")
+    wait_state(watcher, lambda s: sessions_shown(s) == 1, 60, what="the closed tabs' sessions to end")
     assert_no_js_errors(pages.console)
 
 
@@ -241,18 +243,18 @@ def test_demo_command_as_users_run_it(tmp_path, pages):
         s0 = wait_state(page, complete, 90, what="a complete page")
         assert s0["heatmap"]["tiles"] == 50 and s0["table"]["rows"] == 50
         assert s0["spacing_ms"] == 60_000 and s0["closed_rows"] >= 500
-        wait_state(page, lambda s: "live:" in s["status"] and sessions_shown(s) == 1, 30, what="status 'live'")
+        wait_state(page, lambda s: "live:" in s["status"] and sessions_shown(s) == 1, 60, what="status 'live'")
         # at the real pace the forming candle changes every 250 ms: it keeps moving
-        # (20 s, generous: on a loaded 2-core box the browser can stall for seconds)
-        closes, deadline = {s0["last_close"]}, time.monotonic() + 20
+        # (60 s, generous: on a loaded 2-core box the browser can stall for seconds)
+        closes, deadline = {s0["last_close"]}, time.monotonic() + 60
         while len(closes) < 4 and time.monotonic() < deadline:
             page.wait_for_timeout(250)
             closes.add(page_state(page)["last_close"])
-        assert len(closes) >= 4, f"the live candle barely moved in 20 s: {closes}"
+        assert len(closes) >= 4, f"the live candle barely moved in 60 s: {closes}"
         page.screenshot(path=ARTIFACTS / "dashboard-light.png")
 
         dark = pages.new(server.url + "?theme=dark", TALL)
-        wait_state(dark, complete, 30, what="a complete dark page")
+        wait_state(dark, complete, 60, what="a complete dark page")
         dark.wait_for_timeout(500)
         dark.screenshot(path=ARTIFACTS / "dashboard-dark.png")
         assert_no_js_errors(pages.console)
@@ -334,9 +336,9 @@ def test_closed_sessions_leave_nothing_behind(tmp_path, pages):
             page = pages.new(url)
             wait_state(page, lambda s: s["closed_rows"] > 20 and s["heatmap"] is not None, 60, what="a page")
             click_tile(page, symbol)
-            wait_state(page, lambda s, symbol=symbol: s["symbol"] == symbol, 15, what=f"{symbol}")
+            wait_state(page, lambda s, symbol=symbol: s["symbol"] == symbol, 60, what=f"{symbol}")
             page.get_by_role("button", name=timeframe, exact=True).click()
-            wait_state(page, lambda s, tf=timeframe: s["timeframe"] == tf, 15, what=timeframe)
+            wait_state(page, lambda s, tf=timeframe: s["timeframe"] == tf, 60, what=timeframe)
             page.close()
         feed = pn.state.cache[CACHE_KEY]
         deadline = time.monotonic() + 30

@@ -28,6 +28,7 @@ from dashboard.view import Dashboard
 from market.binance import Kline, Ticker, kline_frame
 from market.candles import resample
 from market.stream import Batch
+from store.db import gate
 from store.writer import Writer
 from tests.conftest import random_klines
 
@@ -209,9 +210,10 @@ def test_snapshot_is_computed_once_per_change_for_all_sessions(tmp_path):
     t = T0 + dt.timedelta(minutes=100)
     feed.state.apply(Batch(forming={BTC: kline(BTC, t, 321.0, closed=False)},
                            tickers={BTC: Ticker(BTC, ms(t), 321.0, 1.0, 2.5, 300.0, 330.0, 290.0, 10.0, 3e3, 9)}))
-    assert feed.snapshot() is first  # changed, but younger than max_age: every session reuses it
+    # changed, but younger than max_age (an hour here, so a slow box cannot age it): every session reuses it
+    assert feed.snapshot(max_age=3600) is first
     fresh = feed.snapshot(max_age=0)
-    assert fresh is not first and fresh is feed.snapshot()
+    assert fresh is not first and fresh is feed.snapshot(max_age=3600)
     row = fresh.filter(pl.col("symbol") == BTC).to_dicts()[0]
     assert row["last_price"] == 321.0 and row["price_change_pct"] == 2.5
 
@@ -273,30 +275,37 @@ async def test_status_words_live_reconnecting_offline_and_waiting_rows(tmp_path,
     feed.start(asyncio.get_running_loop())
     d = Dashboard(feed)  # its periodic callback runs in this loop, as in a session
     try:
-        html = await until(lambda: "live:" in d._status.object and d._status.object, 30)
+        html = await until(lambda: "live:" in d._status.object and d._status.object, 60)
         assert "#26a69a" in html and "1 session" in html and "msg/s" in html
-        await until(lambda: feed.pipeline.writer.status().written_rows > 0, 15)
+        await until(lambda: feed.pipeline.writer.status().written_rows > 0, 60)
 
-        feed.exchange.refuse(60, 503)
+        feed.exchange.refuse(600, 503)  # until reset_faults below
         feed.exchange.drop_connections()
         seen = await until(lambda: next((h for h in [d._status_html()] if "reconnecting" in h), None), 10,
                            every=0.005)
         assert re.search(r"reconnecting( in \d+ s)?: ", seen), seen
         assert "#ffb300" in seen
-        offline = await until(lambda: "offline" in d._status.object and d._status.object, 20)
+        offline = await until(lambda: "offline" in d._status.object and d._status.object, 60)
         assert re.search(r"offline( in \d+ s)?: the exchange refused the connection \(HTTP 503\)", offline), offline
         assert "#ef5350" in offline
 
         feed.exchange.reset_faults()
-        await until(lambda: "live:" in d._status.object, 20)
+        await until(lambda: "live:" in d._status.object, 60)
 
-        holder = hold_file(feed.pipeline.db)  # a notebook holding the file read-write
-        waiting = await until(lambda: "rows waiting for the database" in d._status.object and d._status.object, 20)
+        # a notebook holding the file read-write; our own writer is kept out while it opens
+        # the file (its open would fail if a flush held the file at that moment)
+        g = gate(feed.pipeline.db)
+        assert g.read(time.monotonic() + 60)
+        try:
+            holder = hold_file(feed.pipeline.db)
+        finally:
+            g.end_read()
+        waiting = await until(lambda: "rows waiting for the database" in d._status.object and d._status.object, 60)
         assert re.search(r"[\d,]+ rows waiting for the database", waiting), waiting
         assert "live:" in waiting  # the feed itself is fine
         assert waiting.count("rows waiting") == 1, waiting
         holder.release()
-        await until(lambda: "waiting" not in d._status.object, 20)
+        await until(lambda: "waiting" not in d._status.object, 60)
         assert feed.pipeline.writer.status().pending_rows < 100
     finally:
         d._callback.stop()
