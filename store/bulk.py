@@ -16,6 +16,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -23,11 +24,24 @@ import polars as pl
 from market.indicators import add_indicators, add_signal
 from market.schema import INDICATOR_SCHEMA, KLINE_SCHEMA
 from store.db import StoreError, StoreLocked, claim_market, gate, migrate, open_file, resolve_db
+from store.db import prepare as prepare_file
 
 #: Indicator values within this many points (RSI and StochRSI run 0..100) of the
 #: stored ones are left alone: recomputing with more history ahead of them moves
 #: later values by (13/14)^n, which falls below this ~370 candles after the seam.
 SAME = 1e-12
+
+
+#: (file, market) pairs already migrated and claimed by this process: migrating
+#: costs ~50-300 ms a time, and an import opens the file once per series.
+_ready: set[tuple[Path, str | None]] = set()
+
+
+def prepare(db: str | os.PathLike[str] | None, market: str | None) -> Path:
+    """``store.prepare`` (checks, migrates, claims the market), remembered for ``session``."""
+    path = prepare_file(db, market)
+    _ready.add((path.resolve(), market))
+    return path
 
 
 @contextlib.contextmanager
@@ -56,12 +70,15 @@ def session(
         time.sleep(delay * random.uniform(0.5, 1.5))
         delay = min(delay * 2, 0.5)
     try:
-        try:
-            migrate(con, str(path))
-            if market is not None:
-                claim_market(con, market, path)
-        except duckdb.Error as exc:
-            raise StoreError(f"cannot use {path}: {exc}") from exc
+        key = (path.resolve(), market)
+        if key not in _ready:
+            try:
+                migrate(con, str(path))
+                if market is not None:
+                    claim_market(con, market, path)
+            except duckdb.Error as exc:
+                raise StoreError(f"cannot use {path}: {exc}") from exc
+            _ready.add(key)
         yield con
     finally:
         con.close()

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from market import cli, dumps
 from market.presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
-from store.bulk import load_klines, refresh_indicators, session
-from store.db import MarketMismatch, StoreError, prepare, resolve_db
+from store.bulk import load_klines, prepare, refresh_indicators, session
+from store.db import MarketMismatch, StoreError, resolve_db
 
 DEFAULT_DUMPS_URL = "https://data.binance.vision"
 
@@ -145,15 +145,13 @@ def parse_args(argv: list[str] | None = None, today: dt.date | None = None) -> A
 
 def collect(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
     """The files to import: given files as they are, folders searched for .zip and .csv."""
-    out: dict[Path, None] = {}
+    out: dict[Path, Path] = {}  # resolved -> as found, so a file named twice loads once
     for path in paths:
-        if path.is_dir():
-            for f in sorted(path.rglob("*")):
-                if f.is_file() and f.suffix.lower() in (".zip", ".csv"):
-                    out[f] = None
-        else:
-            out[path] = None
-    return list(out)
+        found = [f for f in sorted(path.rglob("*")) if f.is_file() and f.suffix.lower() in (".zip", ".csv")] \
+            if path.is_dir() else [path]
+        for f in found:
+            out.setdefault(f.resolve(), f)
+    return list(out.values())
 
 
 def check_market(path: Path, preset: Preset) -> None:
