@@ -88,3 +88,16 @@ def test_the_24h_window_is_the_sum_of_its_minutes(t: int) -> None:
     assert w.h == max(k.h for k in minutes) and w.l == min(k.l for k in minutes)
     assert (w.v, w.n, w.q) == (sum(k.v for k in minutes), sum(k.n for k in minutes), sum(k.q for k in minutes))
     assert w.first_id == minutes[0].first_id and w.last_id == minutes[-1].last_id
+
+
+@pytest.mark.parametrize("interval", [MINUTE_MS, 5 * MINUTE_MS, 3_600_000, 4 * 3_600_000, DAY_MS])
+def test_closed_columns_equal_candles_one_by_one(interval: int) -> None:
+    from market.exchange.wire import rest_row, rest_rows
+
+    m = market()
+    first = START - 3 * DAY_MS + 7 * interval  # crosses midnights for every interval
+    last = first + 40 * interval
+    spec = m.specs["1000PEPEUSDT"]
+    one_by_one = [rest_row(spec, m.candle("1000PEPEUSDT", interval, t, START + 100 * DAY_MS))
+                  for t in range(first - first % interval, last + 1, interval)]
+    assert rest_rows(spec, m.closed("1000PEPEUSDT", interval, first - first % interval, last), interval) == one_by_one

@@ -31,12 +31,13 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
+import polars as pl
 from websockets.http11 import Response
 
 from market.exchange.responses import bytes_response
+from market.exchange.wire import fixed_series
 from market.schema import INTERVAL_MS, interval_ms
-from market.synthetic import DAY_MS, MINUTE_MS, SyntheticMarket, SymbolSpec, spec_for
+from market.synthetic import DAY_MS, SyntheticMarket, SymbolSpec, spec_for
 
 HEADER = ("open_time,open,high,low,close,volume,close_time,quote_volume,count,"
           "taker_buy_volume,taker_buy_quote_volume,ignore")
@@ -61,28 +62,20 @@ def default_time_unit(market: str, period_start: dt.date) -> str:
     return "us" if market == "spot" and period_start >= dt.date(2025, 1, 1) else "ms"
 
 
-def _fixed(units: np.ndarray, decimals: int) -> list[str]:
-    if decimals == 0:
-        return [str(u) for u in units.tolist()]
-    scale = 10**decimals
-    return [f"{u // scale}.{u % scale:0{decimals}d}" for u in units.tolist()]
-
-
-def _day_rows(m: SyntheticMarket, spec: SymbolSpec, day: int, ims: int, unit: str) -> list[str]:
+def _day_lines(m: SyntheticMarket, spec: SymbolSpec, day: int, ims: int, unit: str) -> pl.Series:
     """CSV lines of one UTC day at an interval that divides a day (exact 1m aggregates)."""
-    blk, k = m.day(spec.symbol, day), ims // MINUTE_MS
-    shape = (1440 // k, k)
-    o, c = blk.o.reshape(shape)[:, 0], blk.c.reshape(shape)[:, -1]
-    h, l_ = blk.h.reshape(shape).max(axis=1), blk.l.reshape(shape).min(axis=1)
-    v, n, bv, q, bq = (getattr(blk, f).reshape(shape).sum(axis=1) for f in ("v", "n", "bv", "q", "bq"))
-    opens = day * DAY_MS + ims * np.arange(shape[0], dtype=np.int64)
+    cols = m.closed(spec.symbol, ims, day * DAY_MS, (day + 1) * DAY_MS - ims)
+    opens = cols["open_time"]
     closes = opens + ims - 1
     if unit == "us":
         opens, closes = opens * 1000, closes * 1000 + 999
     pd, qd, sd = spec.price_decimals, spec.qty_decimals, spec.quote_decimals
-    cols = (opens.tolist(), _fixed(o, pd), _fixed(h, pd), _fixed(l_, pd), _fixed(c, pd), _fixed(v, qd),
-            closes.tolist(), _fixed(q, sd), n.tolist(), _fixed(bv, qd), _fixed(bq, sd))
-    return [f"{a},{b},{c_},{d},{e},{f},{g},{h_},{i},{j},{k_},0" for a, b, c_, d, e, f, g, h_, i, j, k_ in zip(*cols)]
+    parts = [pl.Series(opens).cast(pl.String), fixed_series(cols["o"], pd), fixed_series(cols["h"], pd),
+             fixed_series(cols["l"], pd), fixed_series(cols["c"], pd), fixed_series(cols["v"], qd),
+             pl.Series(closes).cast(pl.String), fixed_series(cols["q"], sd), pl.Series(cols["n"]).cast(pl.String),
+             fixed_series(cols["bv"], qd), fixed_series(cols["bq"], sd), pl.repeat("0", len(opens), eager=True)]
+    return pl.DataFrame({str(i): part for i, part in enumerate(parts)}).select(
+        pl.concat_str(pl.all(), separator=",")).to_series()
 
 
 def period_days(period: str) -> tuple[dt.date, dt.date]:
@@ -105,12 +98,12 @@ def dump_zip(m: SyntheticMarket, symbol: str, interval: str, period: str, market
     unit = time_unit or default_time_unit(market, first)
     lines = [HEADER] if (default_header(market, first) if header is None else header) else []
     for day in range((first - _EPOCH).days, (end - _EPOCH).days):
-        lines += _day_rows(m, spec, day, ims, unit)
+        lines.append("\n".join(_day_lines(m, spec, day, ims, unit).to_list()))
     stem = f"{symbol}-{interval}-{period}"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(zipfile.ZipInfo(f"{stem}.csv", date_time=(first.year, first.month, first.day, 0, 0, 0)),
-                    "\n".join(lines) + "\n", compress_type=zipfile.ZIP_DEFLATED)
+                    "\n".join(lines) + "\n", compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
     return f"{stem}.zip", buf.getvalue()
 
 

@@ -186,11 +186,13 @@ class Rest:
             hi = min(now if end is None else end, now)
             hi -= hi % ims
             lo = hi - limit * ims  # one spare: the newest candle may not have started yet
-        candles = self.market.candles(sym, ims, lo, hi, now)
-        if not self.config.rest_forming:
-            candles = [k for k in candles if k.closed]
-        spec = self.market.specs[sym]
-        return [rest_row(spec, k) for k in (candles[:limit] if start is not None else candles[-limit:])]
+        rows = self._closed_rows(sym, ims, lo, hi, now)
+        forming = now - now % ims
+        if self.config.rest_forming and lo <= forming <= hi:  # Binance's last row: close_time in the future
+            k = self.market.candle(sym, ims, forming, now)
+            if k is not None:
+                rows.append(rest_row(self.market.specs[sym], k))
+        return rows[:limit] if start is not None else rows[-limit:]
 
     def _redirect_response(self, scope: str) -> Response | None:
         """A switched-on redirect (see Faults.redirect) for a ``scope`` ("ws" or "rest") request."""

@@ -34,7 +34,7 @@ from market.exchange.responses import json_response as _json
 from market.exchange.rest import Rest, rest_route
 from market.exchange.streams import Streams, _Conn
 from market.schema import KLINE_SCHEMA, TIME, empty, interval_ms
-from market.exchange.wire import rest_row
+from market.exchange.wire import rest_rows
 from market.synthetic import MINUTE_MS, SyntheticMarket, spec_for
 
 _REGION_MSG = ("Service unavailable from a restricted location according to 'b. Eligibility' in "
@@ -147,8 +147,18 @@ class LocalExchange(Faults, Rest, DumpSite, Streams):
             return [rows[t] for t in sorted(rows) if lo <= t <= hi]
         if symbol not in self.market.specs:
             raise ValueError(f"{symbol!r} is not traded here; symbols: {', '.join(self.market.specs)}")
-        now, spec = self.now_ms(), self.market.specs[symbol]
-        return [rest_row(spec, k) for k in self.market.candles(symbol, interval_ms(interval), lo, hi, now) if k.closed]
+        return self._closed_rows(symbol, interval_ms(interval), lo, hi, self.now_ms())
+
+    def _closed_rows(self, symbol: str, ims: int, lo: int, hi: int, now: int) -> list[list]:
+        """REST rows of the candles opening in [lo, hi] that are closed at ``now`` and lie
+        in the history (the candle holding its first minute included), a day at a time."""
+        assert self.market is not None
+        first = self.market.first_ms
+        lo = max(lo, first - first % ims)
+        hi = min(hi, (now - ims) // ims * ims)  # closed: open + interval <= now
+        if lo > hi:
+            return []
+        return rest_rows(self.market.specs[symbol], self.market.closed(symbol, ims, lo, hi), ims)
 
     def history(self, symbol: str, interval: str | None = None,
                 start_ms: int | None = None, end_ms: int | None = None) -> pl.DataFrame:

@@ -3,6 +3,9 @@ REST rows). It plays Binance, so it must not import our parser (market/binance.p
 
 from __future__ import annotations
 
+import numpy as np
+import polars as pl
+
 from market.synthetic import Candle, SymbolSpec
 
 
@@ -13,6 +16,31 @@ def fixed(units: int, decimals: int) -> str:
     sign, digits = ("-", str(-units)) if units < 0 else ("", str(units))
     digits = digits.rjust(decimals + 1, "0")
     return f"{sign}{digits[:-decimals]}.{digits[-decimals:]}"
+
+
+def fixed_series(units: np.ndarray, decimals: int) -> pl.Series:
+    """``fixed`` for a whole column of non-negative units, as a polars String column."""
+    text = pl.Series(units, dtype=pl.Int64).cast(pl.String)
+    if decimals == 0:
+        return text
+    text = text.str.zfill(decimals + 1)
+    return text.str.head(-decimals) + "." + text.str.tail(decimals)
+
+
+def fixed_list(units: np.ndarray, decimals: int) -> list[str]:
+    """``fixed`` for a whole column of non-negative units."""
+    return fixed_series(units, decimals).to_list()
+
+
+def rest_rows(spec: SymbolSpec, cols: dict[str, np.ndarray], interval_ms: int) -> list[list]:
+    """REST klines rows of closed candles given as columns (``SyntheticMarket.closed``)."""
+    pd, qd, sd = spec.price_decimals, spec.qty_decimals, spec.quote_decimals
+    opens = cols["open_time"].tolist()
+    return [list(row) for row in zip(
+        opens, fixed_list(cols["o"], pd), fixed_list(cols["h"], pd), fixed_list(cols["l"], pd),
+        fixed_list(cols["c"], pd), fixed_list(cols["v"], qd), [t + interval_ms - 1 for t in opens],
+        fixed_list(cols["q"], sd), cols["n"].tolist(), fixed_list(cols["bv"], qd), fixed_list(cols["bq"], sd),
+        ["0"] * len(opens))]
 
 
 def kline_data(spec: SymbolSpec, interval: str, k: Candle, event_ms: int, final: bool) -> str:
