@@ -225,29 +225,53 @@ RECORDER_JS = r"""
 
 # Sessions without a browser: bokeh.client documents kept in sync on their own loops
 # (the server does the same work per session; the client side is far lighter than a tab).
+# One at a time, each after the previous one has its document: nine pulled at once
+# made the server build nine ~2 s documents back to back, and the later clients saw
+# "Connection to server was lost" before their reply came (the bench then failed
+# with no reason shown). A failure is retried twice and its traceback printed.
 CLIENTS_PY = r"""
-import asyncio, sys, threading
+import asyncio, sys, threading, traceback
 import panel.models, panel.models.tabulator  # the client must know Panel's model types
 from bokeh.client import pull_session
 from tornado.ioloop import IOLoop
 
-def run(url):
+def run(url, ready):
     asyncio.set_event_loop(asyncio.new_event_loop())
-    session = pull_session(url=url, io_loop=IOLoop.current())
+    for attempt in range(3):
+        try:
+            session = pull_session(url=url, io_loop=IOLoop.current())
+            break
+        except Exception:
+            traceback.print_exc()
+            print(f"client attempt {attempt + 1} failed", file=sys.stderr, flush=True)
+    else:
+        print("failed", flush=True)
+        ready.set()
+        return
     print("ok", flush=True)
+    ready.set()
     session._loop_until_closed()
 
 for _ in range(int(sys.argv[2])):
-    threading.Thread(target=run, args=(sys.argv[1],), daemon=True).start()
+    ready = threading.Event()
+    threading.Thread(target=run, args=(sys.argv[1], ready), daemon=True).start()
+    ready.wait()
 sys.stdin.read()
 """
 
 
-def start_clients(url: str, n: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", CLIENTS_PY, url, str(n)], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for _ in range(n):
-        assert proc.stdout.readline().strip() == "ok", "a websocket client failed to connect"
+def start_clients(url: str, n: int, log: Path) -> subprocess.Popen:
+    """``n`` websocket sessions in one process; fails with the clients' own error output."""
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", CLIENTS_PY, url, str(n)], cwd=ROOT, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    for i in range(n):
+        line = proc.stdout.readline().strip()
+        if line != "ok":
+            proc.kill()
+            proc.wait(10)
+            raise AssertionError(f"websocket client {i + 1} of {n} failed to connect; its output:\n"
+                                 f"{log.read_text(errors='replace')[-3000:]}")
     return proc
 
 
@@ -293,7 +317,7 @@ def bench_latency(tab_counts: list[int], window: float, tmp: Path) -> list[dict]
             skip = {server.proc.pid, ex.pid, *(c.pid for c in proc.children(recursive=True))}
             results.append(_measure(proc, [], tap, window, 0, skip=skip))
             for n, drawing, clients in tab_counts:
-                extra = start_clients(server.url, clients) if clients else None
+                extra = start_clients(server.url, clients, tmp / "clients.log") if clients else None
                 tabs = []
                 for _ in range(n):
                     page = b.new_page(viewport=SMALL if n > 1 else VIEWPORT)
