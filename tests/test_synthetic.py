@@ -101,3 +101,28 @@ def test_closed_columns_equal_candles_one_by_one(interval: int) -> None:
     one_by_one = [rest_row(spec, m.candle("1000PEPEUSDT", interval, t, START + 100 * DAY_MS))
                   for t in range(first - first % interval, last + 1, interval)]
     assert rest_rows(spec, m.closed("1000PEPEUSDT", interval, first - first % interval, last), interval) == one_by_one
+
+
+async def test_streamed_finals_equal_rest_rows_in_a_deep_history() -> None:
+    """Random REST reads far back (which churn the day cache) change nothing streamed."""
+    import asyncio
+    import json
+
+    import websockets
+
+    async with LocalExchange(symbols=("ETHUSDT",), speed=240, start_time=START, history_days=400) as ex, \
+            httpx.AsyncClient(base_url=ex.rest_base) as http:
+        async with websockets.connect(f"{ex.ws_base}/stream?streams=ethusdt@kline_1m", close_timeout=0.2) as ws:
+            finals = []
+            async with asyncio.timeout(60):
+                for back in range(10, 400, 13):  # cold day blocks all over the history
+                    params = {"symbol": "ETHUSDT", "interval": "1m", "startTime": START - back * DAY_MS, "limit": 1000}
+                    assert len((await http.get("/fapi/v1/klines", params=params)).json()) == 1000
+                while len(finals) < 3:
+                    k = json.loads(await ws.recv())["data"]["k"]
+                    if k["x"]:
+                        finals.append(k)
+        rows = (await http.get("/fapi/v1/klines", params={"symbol": "ETHUSDT", "interval": "1m",
+                                                           "startTime": finals[0]["t"], "limit": 3})).json()
+    assert rows == [[k["t"], k["o"], k["h"], k["l"], k["c"], k["v"], k["T"], k["q"], k["n"], k["V"], k["Q"], k["B"]]
+                    for k in finals]
