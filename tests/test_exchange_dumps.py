@@ -11,9 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from market.exchange import LocalExchange
-from market.exchange.dumps import HEADER, corrupt, parse_dump_path, periods, write_tree
+from market.exchange.dumps import HEADER, corrupt, parse_dump_path, period_days, periods, tree_path, write_tree
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -149,3 +151,21 @@ def test_parse_dump_path() -> None:
     for bad in ("/data/spot/monthly/klines/BTCUSDT/1h/ETHUSDT-1h-2024-02.zip", "/data/spot/monthly/klines/BTCUSDT/1h",
                 "/data/spot/daily/klines/BTCUSDT/1h/BTCUSDT-1h-2024-02-30.zip", "/data/x"):
         assert parse_dump_path(bad) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="/dataspotfuresumlyhkinBTCUSD0123456789-.zipCHECKSUM", max_size=90))
+def test_parse_dump_path_never_raises(path: str) -> None:
+    assert parse_dump_path(path) is None or parse_dump_path(path)[0] in ("spot", "futures/um")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dates(dt.date(2017, 1, 1), dt.date(2030, 12, 31)), st.booleans(), st.sampled_from(["spot", "futures/um"]),
+       st.sampled_from(["1m", "5m", "1h", "1d"]), st.sampled_from(["BTCUSDT", "1000PEPEUSDT"]))
+def test_tree_paths_parse_back(day: dt.date, monthly: bool, market: str, interval: str, symbol: str) -> None:
+    period = day.strftime("%Y-%m") if monthly else day.isoformat()
+    path = "/" + tree_path(market, monthly, symbol, interval, period)
+    assert parse_dump_path(path) == (market, monthly, symbol, interval, period, False)
+    assert parse_dump_path(path + ".CHECKSUM") == (market, monthly, symbol, interval, period, True)
+    first, end = period_days(period)
+    assert first <= day < end and (end - first).days in ((1,) if not monthly else (28, 29, 30, 31))
