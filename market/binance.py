@@ -245,6 +245,9 @@ class Parser:
                  counter: RejectCounter | None = None) -> None:
         self._symbols = None if symbols is None else frozenset(s.upper() for s in symbols)
         self.counter = counter if counter is not None else RejectCounter()
+        # Without a filter every symbol is checked; a set hit is ~3x cheaper than the
+        # three str checks, and a market has a few thousand symbols at most (capped).
+        self._checked: set[str] = set()
 
     @property
     def symbols(self) -> frozenset[str] | None:
@@ -259,6 +262,12 @@ class Parser:
     def ignored(self) -> dict[str, int]:
         """Control replies and unparsed streams by reason (a snapshot)."""
         return self.counter.ignored
+
+    def _check_symbol(self, s: str) -> bool:
+        good = _good_symbol(s)
+        if good and len(self._checked) < 10_000:
+            self._checked.add(s)
+        return good
 
     def parse(self, raw: bytes | str) -> Kline | Ticker | Skip | list[Ticker]:
         """Parse one text frame: combined (``{"stream":..,"data":..}``) or raw payload.
@@ -313,7 +322,7 @@ class Parser:
             if s.__class__ is not str:
                 raise TypeError
             if symbols is None:
-                if not _good_symbol(s):
+                if s not in self._checked and not self._check_symbol(s):
                     return self.counter.reject("bad_symbol", f"kline symbol {_snippet(s)!r}")
             elif s not in symbols:
                 return self.counter.reject("unrequested_symbol", _snippet(s))
@@ -371,7 +380,7 @@ class Parser:
             if s.__class__ is not str:
                 raise TypeError
             if self._symbols is None:
-                if not _good_symbol(s):
+                if s not in self._checked and not self._check_symbol(s):
                     return self.counter.reject("bad_symbol", f"ticker symbol {_snippet(s)!r}")
             elif s not in self._symbols:
                 # Array payloads carry every symbol: dropping the others is expected.
