@@ -126,7 +126,11 @@ class KlineClient:
         return body
 
     async def top_symbols(self, n: int) -> list[str]:
-        """The ``n`` symbols with the highest 24 h quote volume."""
+        """The ``n`` symbols with the highest 24 h quote volume. One entry (futures, trimmed)::
+
+            {"symbol": "BTCUSDT", "priceChange": "-94.99", "lastPrice": "67905.01",
+             "volume": "179826.114", "quoteVolume": "12203842581.42", "count": 2841337, ...}
+        """
         ranked = []
         for t in await self.tickers_24hr():
             try:

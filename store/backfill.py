@@ -93,9 +93,7 @@ class Backfill:
     async def run(self) -> Result:
         try:
             await self._run()
-        except (RegionBlocked, RateLimited) as exc:
-            self.result.fatal = str(exc)
-        except StoreError as exc:
+        except (RestError, StoreError) as exc:  # region block, ban, no ticker/24hr, bad file: stop all
             self.result.fatal = str(exc)
         finally:
             await self.client.aclose()
