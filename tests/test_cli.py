@@ -29,6 +29,7 @@ from dashboard.config import AppConfig, ConfigError
 from market.cli import UsageError
 from market.exchange import LocalExchange
 from market.schema import INTERVAL_MS
+import store
 from store import ingest, sql
 from tests.conftest import ROOT
 from tests.test_redirects import RawHTTP
@@ -189,7 +190,7 @@ async def ingest_proc(*args: str) -> tuple[int, str]:
     return proc.returncode, err.decode()
 
 
-@pytest.mark.parametrize("kind", ["not-duckdb", "folder", "unwritable"])
+@pytest.mark.parametrize("kind", ["not-duckdb", "folder", "unwritable", "other-market"])
 async def test_unusable_database_is_reported_before_any_traffic(tmp_path, kind):
     if kind == "not-duckdb":
         db = tmp_path / "notes.txt"
@@ -198,6 +199,10 @@ async def test_unusable_database_is_reported_before_any_traffic(tmp_path, kind):
     elif kind == "folder":
         db = tmp_path
         words = "is a folder, not a database file"
+    elif kind == "other-market":
+        db = tmp_path / "spot.duckdb"
+        store.prepare(db, "binance-spot")
+        words = "binance-spot"
     else:
         if os.geteuid() == 0:
             pytest.skip("running as root: every path is writable")
