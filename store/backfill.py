@@ -27,11 +27,12 @@ import time
 import polars as pl
 from tqdm import tqdm
 
+from market import cli
 from market.binance import parse_rest_klines
 from market.rest import KlineClient, RateLimited, RegionBlocked, RestError, SymbolRejected, absent_ranges
 from market.schema import INTERVAL_MS, interval_ms
 from store import ranges
-from store.backfill_args import BackfillConfig, parse_args
+from store.backfill_args import PROG, BackfillConfig, parse_args
 from store.db import StoreError, prepare
 from store.writer import Writer
 
@@ -281,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = parse_args(argv)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ValueError as exc:  # cli.UsageError from argparse, ValueError from our own checks
+        print(cli.usage_line(PROG, exc), file=sys.stderr)
         return 2
     try:
         backfill = Backfill(config, progress=None)

@@ -6,13 +6,16 @@ is allowed); ``store.backfill.main`` prints it and exits 2.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 from pathlib import Path
 
+from market import cli
 from market.presets import DEFAULT_PRESET, PRESETS, Preset, custom_preset, get_preset
 from market.schema import INTERVAL_MS, interval_ms
+
+
+PROG = "python -m store.backfill"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,13 +72,8 @@ def parse_symbols(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one plain line, no usage block
-        raise ValueError(f"{message} (see --help)")
-
-
 def parse_args(argv: list[str] | None = None) -> BackfillConfig:
-    p = _Parser(prog="python -m store.backfill", description="Backfill or repair kline history over REST.")
+    p = cli.ArgumentParser(prog=PROG, description="Backfill or repair kline history over REST.")
     p.add_argument("--db", type=Path, help="database file (default: $MARKET_DB or store/market.duckdb)")
     p.add_argument("--symbols", help="comma-separated, e.g. BTCUSDT,ETHUSDT")
     p.add_argument("--top", help="the N symbols with the highest 24h quote volume (one ticker/24hr call)")

@@ -284,7 +284,7 @@ def test_bad_arguments_are_one_plain_line_and_exit_2(tmp_path, capsys, argv, say
     db = tmp_path / "never.duckdb"
     assert main(["--db", str(db), *argv]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and says in err and err.startswith("error: ")
+    assert len(err.splitlines()) == 1 and says in err and err.startswith("python -m store.backfill: error: ")
     assert not db.exists()  # nothing touched before the arguments are good
 
 
