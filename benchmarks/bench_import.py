@@ -77,7 +77,7 @@ def baseline(csvs: list[Path], db: Path) -> float:
 
 def ours(zips: list[Path], db: Path, indicators: bool) -> float:
     t = time.perf_counter()
-    reports, _ = import_files(zips, db, get_preset("binance-futures"), progress=False, indicators=indicators)
+    reports = import_files(zips, db, get_preset("binance-futures"), progress=False, indicators=indicators).reports
     assert all(r.error is None for r in reports), [r.error for r in reports if r.error]
     return time.perf_counter() - t
 

@@ -168,9 +168,16 @@ def check_market(path: Path, preset: Preset) -> None:
     raise dumps.DumpError(f"{path.name}: a {market} dump; only USD-M futures (futures/um) and spot are supported")
 
 
+@dataclasses.dataclass
+class Imported:
+    reports: list[FileReport]  # one per file, in the order given
+    lines: list[str]  # one per series: indicators written, or why not
+    failed_series: int = 0  # series whose indicators could not be refreshed
+
+
 def import_files(files: list[Path], db: Path, preset: Preset, *, progress: bool = True,
-                 workers: int = 2, indicators: bool = True) -> tuple[list[FileReport], list[str]]:
-    """Import ``files``; returns one report per file (in order) and one line per refreshed series.
+                 workers: int = 2, indicators: bool = True) -> Imported:
+    """Import ``files``, one series (symbol+interval) at a time, each file all or nothing.
 
     ``indicators=False`` skips the indicator refresh (the benchmark times it apart).
     """
@@ -183,56 +190,65 @@ def import_files(files: list[Path], db: Path, preset: Preset, *, progress: bool 
             series[(dump.symbol, dump.interval)].append((dump, f))
         except dumps.DumpError as exc:
             reports[f].error = str(exc)
-    lines: list[str] = []
-    ordered = [(key, sorted(items, key=lambda it: (*_key(it[0]), str(it[1]))))
+    out = Imported([], [])
+    ordered = [(key, [p for _, p in sorted(items, key=lambda it: (*_key(it[0]), str(it[1])))])
                for key, items in sorted(series.items())]
-    queue = [path for _, items in ordered for _, path in items]
-    total = sum(p.stat().st_size for p in queue)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="import", file=sys.stderr, disable=not progress)
+    queue = [path for _, paths in ordered for path in paths]
+    sizes = {p: p.stat().st_size for p in queue}
+    bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="import", file=sys.stderr,
+               disable=not progress)
     with ThreadPoolExecutor(workers) as pool:
         futures: dict[Path, Future] = {}
 
-        def submit_ahead() -> None:  # a bounded window: parsed files wait in memory
+        def next_frame(path: Path):
+            # Reading runs ahead in the pool, in a bounded window (parsed files wait in memory).
             while queue and len(futures) < workers + 2:
-                path = queue.pop(0)
-                futures[path] = pool.submit(dumps.read_file, path)
+                ahead = queue.pop(0)
+                futures[ahead] = pool.submit(dumps.read_file, ahead)
+            try:
+                return futures.pop(path).result()[1]
+            except dumps.DumpError as exc:
+                reports[path].error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - refuse the file, keep going
+                reports[path].error = f"{path.name}: unreadable ({type(exc).__name__}: {exc})"
+            return None
 
-        for (symbol, interval), items in ordered:
-            submit_ahead()
-            since, started = None, time.perf_counter()
+        for (symbol, interval), paths in ordered:
+            since, started, done = None, time.perf_counter(), set()
             try:
                 with session(db, preset.market) as con:
-                    for _, path in items:
-                        submit_ahead()
-                        future = futures.pop(path)
-                        try:
-                            _, frame = future.result()
-                        except dumps.DumpError as exc:
-                            reports[path].error = str(exc)
-                        except Exception as exc:  # noqa: BLE001 - refuse the file, keep going
-                            reports[path].error = f"{path.name}: unreadable ({type(exc).__name__}: {exc})"
-                        else:
+                    for path in paths:
+                        frame = next_frame(path)
+                        if frame is not None:
                             reports[path].replaced, reports[path].changed = load_klines(con, frame)
                             reports[path].rows = frame.height
                             if frame.height:
-                                first = frame["open_time"][0]
-                                since = first if since is None else min(since, first)
-                        bar.update(path.stat().st_size)
+                                since = frame["open_time"][0] if since is None else min(since, frame["open_time"][0])
+                        done.add(path)
+                        bar.update(sizes[path])
                     if since is not None and indicators:
                         written = refresh_indicators(con, symbol, interval, since)
-                        lines.append(f"indicators {symbol} {interval}: {written:,} rows written "
-                                     f"({time.perf_counter() - started:.2f} s with its candles)")
+                        out.lines.append(f"indicators {symbol} {interval}: {written:,} rows written "
+                                         f"({time.perf_counter() - started:.2f} s with its candles)")
             except MarketMismatch:
                 raise
             except StoreError as exc:
-                for _, path in items:
-                    if reports[path].error is None:
-                        reports[path].error = f"not stored: {exc}"
-                    future = futures.pop(path, None)
-                    if future is not None:
-                        future.cancel()
+                for path in paths:
+                    if path not in done:
+                        reports[path].error = f"{path.name}: not stored: {exc}"
+                        future = futures.pop(path, None)
+                        if future is not None:
+                            future.cancel()
+                        elif path in queue:
+                            queue.remove(path)
+                        bar.update(sizes[path])
+                if since is not None:
+                    out.failed_series += 1
+                    out.lines.append(f"indicators {symbol} {interval}: NOT refreshed ({exc}); "
+                                     "import the same files again to retry")
     bar.close()
-    return [reports[f] for f in files], lines
+    out.reports = [reports[f] for f in files]
+    return out
 
 
 def _key(d: dumps.Dump) -> tuple[int, int, int]:
@@ -291,11 +307,11 @@ def main(argv: list[str] | None = None, today: dt.date | None = None) -> int:
         got, notes, n_missing, failed = fetch(args.download, today or dt.datetime.now(dt.UTC).date(), args.progress)
         files += [f for f in got if f not in files]
     try:
-        reports, lines = import_files(files, args.db, args.preset, progress=args.progress)
+        result = import_files(files, args.db, args.preset, progress=args.progress)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    reports += failed
+    reports, lines = result.reports + failed, result.lines
     for r in reports:
         if r.error is None:
             print(f"loaded   {r.path}: {r.rows:,} rows, {r.replaced:,} replaced ({r.changed:,} changed)")
@@ -308,7 +324,7 @@ def main(argv: list[str] | None = None, today: dt.date | None = None) -> int:
     seconds = time.perf_counter() - started
     print(f"{len(reports) - refused} files loaded ({rows:,} rows, {sum(r.replaced for r in reports):,} replaced), "
           f"{refused} refused, {n_missing} missing at the site, in {seconds:.1f} s into {args.db}")
-    return 1 if refused else 0
+    return 1 if refused or result.failed_series else 0
 
 
 if __name__ == "__main__":
