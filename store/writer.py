@@ -71,8 +71,19 @@ class Writer:
         retry_base: float = 0.1,
         retry_cap: float = 2.0,
         market: str | None = None,
+        compact_every: int = 100,
+        compact_free_ratio: float = 0.2,
+        compact_max_bytes: int = 512 * 2**20,
     ) -> None:
         self.path = resolve_db(db)
+        # Compaction (see compact()): checked every `compact_every` flushes; runs when
+        # free blocks exceed `compact_free_ratio` of the file and the file is small
+        # enough (`compact_max_bytes`) to copy in well under a second.
+        self.compact_every = compact_every
+        self.compact_free_ratio = compact_free_ratio
+        self.compact_max_bytes = compact_max_bytes
+        self._since_compact_check = 0
+        self.compactions = 0
         self.market = market  # recorded on first write; another market's file is refused
         self.spool_dir = self.path.with_name(self.path.name + ".spool")
         self.max_pending_rows = max_pending_rows
@@ -223,6 +234,13 @@ class Writer:
             self._failures = 0
             self._retry_at = 0.0
             self._warned = False
+            self._since_compact_check += 1
+            if self.compact_every and self._since_compact_check >= self.compact_every:
+                self._since_compact_check = 0
+                try:
+                    self._compact_locked(force=False)
+                except StoreError as exc:  # the rows are written; compaction can wait
+                    log.warning("compaction of %s skipped: %s", self.path, exc)
             return written
 
     def _requeue(self, taken: dict[str, list[pl.DataFrame]], rows: int) -> None:
@@ -305,6 +323,64 @@ class Writer:
             con.unregister("batch")
         return batch.height
 
+    # -- compaction ---------------------------------------------------------------
+    def compact(self, *, force: bool = True) -> bool:
+        """Rewrite the file without its free blocks; returns True if it did.
+
+        Why: every flush commits and checkpoints, and a checkpoint rewrites the
+        table's last, partly filled row group into new blocks before it frees the
+        old ones. The freed blocks are reused later, so the waste is bounded (about
+        a row group, a few MB: a 1M-candle file fed minute by minute ends 6 % over
+        a bulk load), but on a young file it is most of it: 1,000 minute-sized
+        flushes left 94.6 bytes a candle against 57.7 for a bulk load of the same
+        rows. DuckDB cannot hand back blocks in the middle of a file (VACUUM does
+        not; CHECKPOINT only truncates free blocks at the end), so this copies
+        every table into a new file (``COPY FROM DATABASE``, a bulk load) and
+        renames it over the old one. A kill -9 at any point leaves either the old
+        file or the new one whole, never a mix. ``force=False`` only compacts when
+        free blocks exceed ``compact_free_ratio`` of a file under
+        ``compact_max_bytes``.
+        """
+        with self._flush_lock:
+            return self._compact_locked(force=force)
+
+    def _compact_locked(self, *, force: bool) -> bool:
+        if not self.path.exists():
+            return False
+        g = gate(self.path)
+        if not g.try_write():
+            return False  # being read in this process: next time
+        try:
+            con = open_file(self.path, read_only=False)
+            fresh = self.path.with_name(self.path.name + ".compact")
+            try:
+                total, free, block = con.execute(
+                    "SELECT total_blocks, free_blocks, block_size FROM pragma_database_size()"
+                ).fetchall()[0]
+                wanted = free > self.compact_free_ratio * total and total * block <= self.compact_max_bytes
+                if not (force or wanted):
+                    return False
+                for stale in (fresh, fresh.with_name(fresh.name + ".wal")):
+                    stale.unlink(missing_ok=True)  # left by a run killed mid-compaction
+                name = con.execute("SELECT current_database()").fetchall()[0][0]
+                con.execute(f"ATTACH '{_quoted(fresh)}' AS compact_target")
+                con.execute(f'COPY FROM DATABASE "{name}" TO compact_target')
+                con.execute("CHECKPOINT compact_target")
+                con.execute("DETACH compact_target")
+            except duckdb.Error as exc:
+                raise StoreError(f"compacting {self.path} failed: {exc}") from exc
+            finally:
+                con.close()
+            if fresh.with_name(fresh.name + ".wal").exists():
+                raise StoreError(f"compacting {self.path}: the copy kept a WAL; left the file as it was")
+            os.replace(fresh, self.path)  # atomic: readers see the old file or the new one
+            self.compactions += 1
+            log.info("compacted %s: %d of %d blocks were free", self.path, free, total)
+            return True
+        finally:
+            g.end_write()
+
+
     # -- lifecycle ----------------------------------------------------------------
     async def run(self, every: float = 1.0) -> None:
         """Flush every ``every`` s in a worker thread until cancelled, then flush once more."""
@@ -333,3 +409,8 @@ class Writer:
                 log.warning("closed with %d rows spooled in %s: %s", self.pending_rows, self.spool_dir, self._last_error)
                 return written
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def _quoted(path: Path) -> str:
+    """``path`` as the body of a SQL string literal (ATTACH takes no bound parameter)."""
+    return str(path).replace("'", "''")

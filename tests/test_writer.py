@@ -319,3 +319,101 @@ def test_schema_dtypes_roundtrip(tmp_path):
     w.add_klines(random_klines(["BTCUSDT"], 2))
     w.flush()
     assert stored(db).schema == pl.Schema(KLINE_SCHEMA)
+
+
+# -- compaction (file size after minute-by-minute flushes) --------------------------------
+
+
+def _all_tables(db):
+    return {t: stored(db, t) for t in ("klines", "indicators", "tickers")} | {
+        t: store.query(f"SELECT * FROM {t} ORDER BY ALL", db=db) for t in ("meta", "empty_ranges")
+    }
+
+
+def _minutes(n, symbols=50):
+    data = random_klines([f"S{i:02d}USDT" for i in range(symbols)], n, seed=7)
+    return data.partition_by("open_time", maintain_order=True)
+
+
+def test_compaction_brings_small_flushes_back_to_a_bulk_load(tmp_path):
+    from market.indicators import add_indicators, add_signal
+    from store.ranges import record_empty
+
+    minutes = _minutes(300)
+    bulk = tmp_path / "bulk.duckdb"
+    w = store.Writer(bulk)
+    w.add_klines(pl.concat(minutes))
+    w.flush()
+    live = tmp_path / "live.duckdb"
+    w = store.Writer(live, market="binance-futures", compact_every=0)  # no automatic compaction here
+    for m in minutes:
+        w.add_klines(m)
+        w.flush(force=True)
+    w.add_indicators(add_signal(add_indicators(pl.concat(minutes))).select(list(INDICATOR_SCHEMA)))
+    w.add_tickers(pl.DataFrame({"symbol": ["S00USDT"], "event_time": [dt.datetime(2026, 1, 1)], "last_price": [1.0]},
+                               ).with_columns(pl.lit(None).alias(c) for c in list(TICKER_SCHEMA)[3:]))
+    w.flush()
+    record_empty([("S01USDT", "1m", 0, 60_000)], db=live)
+    before = _all_tables(live)
+    grown = live.stat().st_size
+    assert grown > 1.3 * bulk.stat().st_size  # what the flushes leave (block-rounded)
+    assert w.compact() and w.compactions == 1
+    assert live.stat().st_size < grown
+    after = _all_tables(live)
+    for table, frame in before.items():
+        assert_frame_equal(after[table], frame, check_row_order=True), table
+    assert not live.with_name(live.name + ".compact").exists()
+    # the writer keeps working on the new file, and a plain check does nothing on a compact file
+    w.add_klines(random_klines(["S00USDT"], 1, start=dt.datetime(2027, 1, 1)))
+    assert w.flush() == 1
+    assert w.compact(force=False) is False
+    assert stored(live).height == 300 * 50 + 1
+
+
+def test_automatic_compaction_runs_every_n_flushes_when_the_file_is_mostly_free(tmp_path):
+    live = tmp_path / "live.duckdb"
+    w = store.Writer(live, compact_every=40)
+    minutes = _minutes(120, symbols=20)
+    for m in minutes:
+        w.add_klines(m)
+        w.flush(force=True)
+    assert w.compactions >= 1
+    assert_frame_equal(stored(live), pl.concat(minutes).sort(KEY))
+
+
+COMPACTOR = textwrap.dedent(
+    """
+    import sys, store
+    w = store.Writer(sys.argv[1])
+    n = 0
+    while True:
+        w.compact()
+        n += 1
+        if n == 3:
+            print("compacting", flush=True)
+    """
+)
+
+
+def test_kill_during_compaction_leaves_a_whole_file(tmp_path):
+    """A process compacting in a loop is killed with SIGKILL: the file opens with every row, and the
+    next compaction clears the half-written copy."""
+    db = tmp_path / "m.duckdb"
+    w = store.Writer(db, compact_every=0)
+    minutes = _minutes(200)
+    for m in minutes:
+        w.add_klines(m)
+        w.flush(force=True)
+    expected = stored(db)
+    proc = subprocess.Popen([sys.executable, "-c", COMPACTOR, str(db)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "compacting"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert_frame_equal(stored(db), expected)
+    w2 = store.Writer(db)
+    assert w2.compact()
+    assert not db.with_name(db.name + ".compact").exists()
+    assert_frame_equal(stored(db), expected)
