@@ -19,6 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 _UNITS = {"s": ("SECOND", 1), "m": ("MINUTE", 60), "h": ("HOUR", 3600), "d": ("DAY", 86400)}
+# A client that waited the whole Retry-After may still be a hair early by our wall clock
+# (its timer runs on another clock): that is a 429 again, not a ban.
+_CLOCK_SLACK = 0.05
 _WINDOW = re.compile(r"([1-9][0-9]{0,4})([smhd])")
 
 
@@ -92,7 +95,7 @@ class WeightBudget:
             return 200, 0
         if now < self._banned_until:
             return 418, max(1, math.ceil(self._banned_until - now))
-        if now < self._retry_until:  # ignored a Retry-After: banned
+        if now < self._retry_until - _CLOCK_SLACK:  # ignored a Retry-After: banned
             self._banned_until = now + self.ban_seconds
             return 418, max(1, math.ceil(self.ban_seconds))
         if self.used > self.limit:
