@@ -23,7 +23,7 @@ import polars as pl
 
 from market.indicators import add_indicators, add_signal
 from market.schema import INDICATOR_SCHEMA, KLINE_SCHEMA
-from store.db import StoreError, StoreLocked, claim_market, gate, migrate, open_file, resolve_db
+from store.db import StoreError, StoreLocked, claim_market, gate, migrate, open_file, resolve_db, stored_market
 from store.db import prepare as prepare_file
 
 #: Indicator values within this many points (RSI and StochRSI run 0..100) of the
@@ -71,7 +71,8 @@ def session(
         delay = min(delay * 2, 0.5)
     try:
         key = (path.resolve(), market)
-        if key not in _ready:
+        # One query tells a file prepared earlier from one deleted and made anew since.
+        if key not in _ready or stored_market(con) != market:
             try:
                 migrate(con, str(path))
                 if market is not None:
@@ -102,7 +103,7 @@ def _replace(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, sc
             f"DELETE FROM {table} WHERE symbol = ? AND interval = ? AND open_time BETWEEN ? AND ? "
             "AND open_time IN (SELECT open_time FROM batch)",
             [symbol, interval, lo, hi],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM batch")
     finally:
         con.unregister("batch")
@@ -121,10 +122,13 @@ def load_klines(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> tuple[in
     symbol, interval = frame["symbol"][0], frame["interval"][0]
     try:
         con.execute("BEGIN")
-        stored = con.sql(
-            "SELECT * FROM klines WHERE symbol = ? AND interval = ? AND open_time BETWEEN ? AND ?",
-            params=[symbol, interval, frame["open_time"].min(), frame["open_time"].max()],
-        ).pl()
+        where = "WHERE symbol = ? AND interval = ? AND open_time BETWEEN ? AND ?"
+        params = [symbol, interval, frame["open_time"].min(), frame["open_time"].max()]
+        # The usual case (nothing stored there yet) costs one count, not a frame.
+        if con.execute(f"SELECT count(*) FROM klines {where}", params).fetchall()[0][0]:
+            stored = con.sql(f"SELECT * FROM klines {where}", params=params).pl()
+        else:
+            stored = pl.DataFrame()
         replaced = changed = 0
         if stored.height:
             stored = stored.select(list(KLINE_SCHEMA)).cast(KLINE_SCHEMA)
