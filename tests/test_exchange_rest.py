@@ -1,5 +1,5 @@
-"""market/exchange/rest.py and limits.py: weights, rate limits, ticker/24hr, exchangeInfo
-and REST faults, over real HTTP on 127.0.0.1."""
+"""market/exchange/rest.py: weights, rate limits, ticker/24hr, exchangeInfo and REST
+faults, over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from market.exchange import LocalExchange
-from market.exchange.limits import WeightBudget, kline_weight, parse_window
 
 START = 1_700_000_000_000 // 60_000 * 60_000
 MIN = 60_000
@@ -20,32 +19,6 @@ pytestmark = pytest.mark.timeout(120)
 
 def kl(sym: str = "BTCUSDT", **params) -> dict:
     return {"symbol": sym, "interval": "1m", **params}
-
-
-def test_kline_weights_follow_binance() -> None:
-    assert [kline_weight(True, n) for n in (None, 1, 99, 100, 499, 500, 1000, 1001, 1500)] == [5, 1, 1, 2, 2, 5, 5, 10, 10]
-    assert {kline_weight(False, n) for n in (None, 1, 1000)} == {2}
-    assert parse_window("1m") == ("MINUTE", 1, 60) and parse_window("10s") == ("SECOND", 10, 10)
-    for bad in ("", "0m", "1w", "m", "-1s"):
-        with pytest.raises(ValueError):
-            parse_window(bad)
-
-
-def test_budget_429_then_418_then_resets() -> None:
-    now = [1000.0]
-    b = WeightBudget(10, "10s", ban_seconds=30, enforce=True, clock=lambda: now[0])
-    assert b.header == "X-MBX-USED-WEIGHT-10S"
-    assert [b.charge(5), b.charge(5)] == [(200, 0), (200, 0)]
-    now[0] = 1003.2
-    assert b.charge(1) == (429, 7)  # the window [1000, 1010) resets in 6.8 s
-    now[0] = 1004.0
-    assert b.charge(1) == (418, 30)  # sent during the Retry-After wait: banned
-    now[0] = 1020.0
-    assert b.charge(1) == (418, 14)  # still banned, in a new window
-    now[0] = 1034.5
-    assert b.charge(1) == (200, 0) and b.used == 1
-    off = WeightBudget(1, "1m", clock=lambda: now[0])
-    assert [off.charge(100)[0] for _ in range(3)] == [200] * 3 and off.used == 300  # counted, not enforced
 
 
 async def test_weight_headers_and_exchange_info() -> None:
