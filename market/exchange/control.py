@@ -92,13 +92,12 @@ class Faults:
     def rate_limits(self, on: bool = True, futures: int | None = None, spot: int | None = None,
                     window: str | None = None, ban_seconds: float | None = None) -> None:
         """Enforce (or not) the REST weight budgets; optionally change them. Clears bans."""
-        self._weights = dict(
-            futures=futures or self._weights["futures"], spot=spot or self._weights["spot"],
-            window=window or self._weights["window"],
-            ban_seconds=self._weights["ban_seconds"] if ban_seconds is None else ban_seconds)
-        self.budgets = {
-            True: WeightBudget(self._weights["futures"], self._weights["window"], self._weights["ban_seconds"], on),
-            False: WeightBudget(self._weights["spot"], self._weights["window"], self._weights["ban_seconds"], on)}
+        w = dict(futures=futures or self._weights["futures"], spot=spot or self._weights["spot"],
+                 window=window or self._weights["window"],
+                 ban_seconds=self._weights["ban_seconds"] if ban_seconds is None else ban_seconds)
+        budgets = {True: WeightBudget(w["futures"], w["window"], w["ban_seconds"], on),
+                   False: WeightBudget(w["spot"], w["window"], w["ban_seconds"], on)}  # may raise: nothing changed
+        self._weights, self.budgets = w, budgets
 
     def dump_style(self, header: bool | None = None, time_unit: str | None = None) -> None:
         """Force the dumps' header row (True/False) and time unit ("ms"/"us"); None: Binance's rule."""
