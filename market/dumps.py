@@ -21,6 +21,7 @@ import calendar
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import re
 import zipfile
 from pathlib import Path
@@ -155,8 +156,6 @@ def read_file(path: Path) -> tuple[Dump, pl.DataFrame]:
 
 def unzip(data: bytes, name: str) -> tuple[bytes, str]:
     """The one CSV inside a dump zip, and its name."""
-    import io
-
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             members = [i for i in zf.infolist() if not i.is_dir()]
@@ -230,8 +229,7 @@ def _first_bad(frame: pl.DataFrame, dump: Dump) -> tuple[int, str] | None:
     """(row index, reason) of the first row that breaks a rule, or None."""
     if frame.height == 0:
         return None
-    step = INTERVAL_MS[dump.interval]
-    unit = 1000 if frame["open_time"][0] is not None and frame["open_time"][0] >= MICROS_FROM else 1
+    step, unit = INTERVAL_MS[dump.interval], _unit(frame)
     start = int(dump.start.replace(tzinfo=dt.UTC).timestamp() * 1000)
     end = int(dump.end.replace(tzinfo=dt.UTC).timestamp() * 1000)
     t, c = pl.col("open_time"), pl.col("close_time")
@@ -256,10 +254,15 @@ def _first_bad(frame: pl.DataFrame, dump: Dump) -> tuple[int, str] | None:
     return any_bad, why.format(frame["open_time"][any_bad])
 
 
+def _unit(frame: pl.DataFrame) -> int:
+    """1000 for a file in microseconds (judged by its first row), else 1 (milliseconds)."""
+    first = frame["open_time"][0] if frame.height else None
+    return 1000 if first is not None and first >= MICROS_FROM else 1
+
+
 def _to_klines(frame: pl.DataFrame, dump: Dump) -> pl.DataFrame:
     step = INTERVAL_MS[dump.interval]
-    unit = 1000 if frame.height and frame["open_time"][0] >= MICROS_FROM else 1
-    ms = pl.col("open_time") // unit
+    ms = pl.col("open_time") // _unit(frame)
     return frame.select(
         symbol=pl.lit(dump.symbol),
         interval=pl.lit(dump.interval),
