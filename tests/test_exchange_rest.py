@@ -80,7 +80,7 @@ async def test_over_budget_429_then_418_and_counted() -> None:
         assert info.json()["rateLimits"][0]["limit"] == 3 and info.headers["X-MBX-USED-WEIGHT-1H"] == "1"
         assert (await http.get("/fapi/v1/klines", params=kl(limit=1000))).status_code == 429
         assert (await http.post("/_control/rate_limits", params={"window": "1w"})).status_code == 400
-        assert (await http.get("/fapi/v1/exchangeInfo")).json()["rateLimits"][0]["interval"] == "HOUR"  # unchanged
+        assert ex.budgets[True].rate_limit()["interval"] == "HOUR"  # unchanged
 
 
 async def test_a_client_honouring_retry_after_is_never_banned() -> None:
