@@ -212,3 +212,13 @@ def test_candles_use_stored_coarser_candles_where_no_1m_is_kept(tmp_path):
     assert got.height == 48
     assert_frame_equal(got.head(24), hourly.head(24))  # no 1m there: the stored hours
     assert got["open"][24] == minutes["open"][0] and got["close"][24] == minutes["close"][59]
+
+
+def test_candles_many_equals_candles_per_symbol(long_db):
+    path, _ = long_db
+    every = history.candles_many("4h", db=path)
+    assert every["symbol"].unique().sort().to_list() == ["AAAUSDT", "BBBUSDT"]
+    for sym in ("AAAUSDT", "BBBUSDT"):
+        assert_frame_equal(every.filter(pl.col("symbol") == sym), history.candles(sym, "4h", db=path))
+    some = history.candles_many("1h", ["BBBUSDT"], T0 + 600 * MIN, T0 + 1200 * MIN, db=path)
+    assert_frame_equal(some, history.candles("BBBUSDT", "1h", T0 + 600 * MIN, T0 + 1200 * MIN, db=path))
