@@ -21,7 +21,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from market.indicators import add_indicators, add_signal
+from market.indicators import WARMUP, add_indicators, add_signal
 from market.schema import INDICATOR_SCHEMA, KLINE_SCHEMA
 from store.db import StoreError, StoreLocked, claim_market, gate, migrate, open_file, resolve_db, stored_market
 from store.db import prepare as prepare_file
@@ -148,23 +148,30 @@ def load_klines(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> tuple[in
 def refresh_indicators(
     con: duckdb.DuckDBPyConnection, symbol: str, interval: str, since: dt.datetime
 ) -> int:
-    """Recompute ``symbol``/``interval``'s indicators over its whole stored history.
+    """Bring ``symbol``/``interval``'s indicators up to date from ``since`` (the first imported candle) on.
 
-    Rows before ``since`` (the first imported candle) cannot change, since
-    indicators only look back; from ``since`` on, rows that differ from the stored
-    ones by more than ``SAME`` (or have none) are written: the imported candles,
-    and the later ones whose RSI moves because older history now precedes them.
-    Returns how many indicator rows were written.
+    Rows before ``since`` cannot change, since indicators only look back. From
+    ``since`` on, everything stored is recomputed and rows that differ from the
+    stored ones by more than ``SAME`` (or have none) are written: the imported
+    candles, and the later ones whose RSI moves because older history now
+    precedes them. The computation starts ``WARMUP`` candles before ``since``
+    (or at the first candle), which equals the full-history values to ~1e-13
+    (market.indicators.WARMUP) while keeping a day's import on top of years of
+    history O(day). Returns how many indicator rows were written.
     """
+    key = "WHERE symbol = ? AND interval = ?"
     try:
+        start = con.execute(
+            f"SELECT open_time FROM klines {key} AND open_time < ? ORDER BY open_time DESC LIMIT 1 OFFSET ?",
+            [symbol, interval, since, WARMUP - 1],
+        ).fetchall()
         closes = con.sql(
-            "SELECT symbol, interval, open_time, close FROM klines "
-            "WHERE symbol = ? AND interval = ? ORDER BY open_time",
-            params=[symbol, interval],
+            f"SELECT symbol, interval, open_time, close FROM klines {key} AND open_time >= ? ORDER BY open_time",
+            params=[symbol, interval, start[0][0] if start else dt.datetime.min],
         ).pl()
         stored = con.sql(
-            "SELECT open_time, rsi, stoch_k, stoch_d, signal, true AS _stored FROM indicators "
-            "WHERE symbol = ? AND interval = ? AND open_time >= ?",
+            f"SELECT open_time, rsi, stoch_k, stoch_d, signal, true AS _stored FROM indicators {key} "
+            "AND open_time >= ?",
             params=[symbol, interval, since],
         ).pl().unique("open_time", keep="last")
     except duckdb.Error as exc:
