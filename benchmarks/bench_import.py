@@ -9,7 +9,9 @@ temporary folder, then times, best of ``--repeat``, each into a fresh file:
 1. baseline: DuckDB ``CREATE TABLE AS SELECT * FROM read_csv([...csv files])``;
 2. ``store.import_dumps`` candles only: checksum, unzip, parse, check every row,
    write (one transaction per file, the key rule);
-3. the same plus indicators (RSI/StochRSI/signal over each series' history).
+3. the same plus indicators (RSI/StochRSI/signal over each series' history);
+
+then one more daily file on top of the last store (what a daily top-up costs).
 
 Prints rows/s of each and the ratios to the baseline, by wall time and by CPU
 time (all threads of this process: steadier when other work shares the box).
@@ -39,8 +41,9 @@ from market.presets import get_preset  # noqa: E402
 from store.import_dumps import import_files  # noqa: E402
 
 
-def write_month(root: Path, symbol: str, year: int, month: int, rng: np.random.Generator) -> tuple[Path, Path, int]:
-    dump = Dump(symbol, "1m", year, month)
+def write_month(root: Path, symbol: str, year: int, month: int, rng: np.random.Generator,
+                day: int | None = None) -> tuple[Path, Path, int]:
+    dump = Dump(symbol, "1m", year, month, day)
     start = int(dump.start.replace(tzinfo=dt.UTC).timestamp() * 1000)
     n = int((dump.end - dump.start).total_seconds() // 60)
     t = start + np.arange(n, dtype=np.int64) * 60_000
@@ -111,6 +114,11 @@ def main() -> None:
             print(f"{name:>16}: wall {wall:6.2f} s  {rows / wall / 1e6:5.2f} M rows/s  ratio {wall / base_wall:4.2f}"
                   f"  | cpu {cpu:6.2f} s  ratio {cpu / base_cpu:4.2f}"
                   f"  (wall runs: {', '.join(f'{x[0]:.2f}' for x in times)})")
+        # the daily case: one more day of one symbol on top of everything just imported
+        nxt = Dump("SYM0USDT", "1m", 2024, a.months).end
+        day, _, n = write_month(root / "day", "SYM0USDT", nxt.year, nxt.month, rng, day=1)
+        wall, cpu = ours([day], root / f"i{a.repeat - 1}.duckdb", True)
+        print(f"one day ({n:,} rows) on top, with indicators: wall {wall:.2f} s, cpu {cpu:.2f} s")
 
 
 if __name__ == "__main__":
