@@ -535,3 +535,60 @@ async def test_a_restarted_exchange_serves_the_same_minutes() -> None:
     both = first.join(later, on="open_time", suffix="_b")
     assert both.height == 210
     assert (both["close"] == both["close_b"]).all() and (both["volume"] == both["volume_b"]).all()
+
+
+async def test_gap_removes_minutes_from_rest_stream_and_dumps() -> None:
+    """``gap``: minutes missing at the exchange, as on Binance (no trades, maintenance)."""
+    import datetime as dt
+    import io
+    import zipfile
+    day0 = START - START % 86_400_000 - 86_400_000  # the whole day before START: a dump exists
+    async with LocalExchange(symbols=("BTCUSDT", "ETHUSDT"), speed=120, start_time=START,
+                             history_minutes=3 * 1440) as ex, httpx.AsyncClient(base_url=ex.rest_base) as http:
+        past = (day0 + 600 * MIN, day0 + 610 * MIN)  # 10 minutes, two whole 5m candles
+        r = await http.post("/_control/gap", params={"symbol": "BTCUSDT", "start": past[0], "end": past[1]})
+        assert r.json() == {"ok": True}
+        assert (await http.post("/_control/gap", params={"symbol": "BTCUSDT", "start": 5, "end": 5})).status_code == 400
+        assert (await http.post("/_control/gap", params={"symbol": "BTCUSDT"})).status_code == 400
+
+        async def rows(sym="BTCUSDT", interval="1m", **params):
+            r = await http.get("/fapi/v1/klines", params={"symbol": sym, "interval": interval, **params})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        # the limit counts existing candles: the next 20 after the start, read past the gap
+        got = await rows(startTime=past[0] - 5 * MIN, limit=20)
+        assert [r[0] for r in got] == [past[0] + i * MIN for i in range(-5, 0)] + [past[1] + i * MIN for i in range(15)]
+        # ... and an endTime bounds it: fewer rows
+        got = await rows(startTime=past[0] - 5 * MIN, endTime=past[1] + 4 * MIN, limit=100)
+        assert [r[0] for r in got] == [past[0] + i * MIN for i in range(-5, 0)] + [past[1] + i * MIN for i in range(5)]
+        assert not any(past[0] <= r[0] < past[1] for r in await rows(endTime=past[1] + 2 * MIN, limit=30))
+        assert len(await rows(endTime=past[1] + 2 * MIN, limit=30)) == 30
+        five = [r[0] for r in await rows(interval="5m", startTime=past[0] - 10 * MIN, endTime=past[1] + 5 * MIN)]
+        assert five == [past[0] - 10 * MIN, past[0] - 5 * MIN, past[1], past[1] + 5 * MIN]
+        truth = ex.history("BTCUSDT", "1m", past[0] - MIN, past[1])["open_time"].dt.epoch("ms").to_list()
+        assert truth == [past[0] - MIN, past[1]]
+        other = await rows("ETHUSDT", startTime=past[0], endTime=past[1] - MIN)
+        assert len(other) == 10  # another symbol keeps its minutes
+        # dumps leave the minutes out
+        day = dt.datetime.fromtimestamp(day0 / 1000, dt.UTC).strftime("%Y-%m-%d")
+        r = await http.get(f"/data/futures/um/daily/klines/BTCUSDT/1m/BTCUSDT-1m-{day}.zip")
+        assert r.status_code == 200
+        with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+            lines = zf.read(zf.namelist()[0]).decode().splitlines()
+        opens = [int(line.split(",")[0]) for line in lines[1:]]
+        assert len(opens) == 1440 - 10 and not any(past[0] <= t < past[1] for t in opens)
+        assert opens == [r[0] for r in await rows(startTime=day0, endTime=day0 + 86_400_000 - MIN, limit=1500)]
+        # the stream sends no kline frame for the live gap's minutes, finals or updates
+        live = ex.now_ms() // MIN * MIN + 4 * MIN  # 2 s ahead at 120x
+        ex.gap("BTCUSDT", live, live + 2 * MIN)
+        async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m") as ws:
+            frames = await collect_until(
+                ws, lambda f: any('"x":true' in x and f'"t":{live + 2 * MIN},' in x and "btcusdt" in x for x in f),
+                timeout=90)
+        btc = klines(frames, "btcusdt@kline_1m")
+        assert not any(live <= k["t"] < live + 2 * MIN for k in btc)
+        assert any(k["t"] == live - MIN and k["x"] for k in btc) or btc[0]["t"] >= live
+        eth = {k["t"] for k in klines(frames, "ethusdt@kline_1m") if k["x"]}
+        assert {live, live + MIN} <= eth  # ETHUSDT streams those minutes as usual
+        assert not any(live <= r[0] < live + 2 * MIN for r in await rows(startTime=live - 5 * MIN, limit=10))

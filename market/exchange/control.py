@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 from websockets.http11 import Response
 
 from market.exchange.limits import WeightBudget
@@ -15,6 +16,25 @@ from market.exchange.responses import json_response as _json
 
 # Where a redirect fault points: the page Binance sends restricted regions to.
 DEFAULT_LOCATION = "https://www.binance.com/en/restricted-location"
+MINUTE_MS = 60_000
+Gaps = tuple[tuple[int, int], ...]
+
+
+def gap_mask(open_times: np.ndarray, ims: int, gaps: Gaps) -> np.ndarray:
+    """True for candles (open times, ``ims`` long) that exist: a candle is missing when
+    every minute of it opens inside one of the half-open ``gaps``."""
+    keep = np.ones(len(open_times), dtype=bool)
+    for a, b in gaps:
+        keep &= ~((open_times >= a) & (open_times + ims - MINUTE_MS < b))
+    return keep
+
+
+def without_gaps(cols: dict[str, np.ndarray], ims: int, gaps: Gaps) -> dict[str, np.ndarray]:
+    """``SyntheticMarket.closed`` columns minus the candles lost in ``gaps``."""
+    if not gaps:
+        return cols
+    keep = gap_mask(cols["open_time"], ims, gaps)
+    return cols if keep.all() else {f: v[keep] for f, v in cols.items()}
 
 
 class Faults:
@@ -89,6 +109,21 @@ class Faults:
         (as Binance does for a delisted or unknown one); exchangeInfo and ticker omit them."""
         self._delisted = {s.upper() for s in symbols if s}
 
+    def gap(self, symbol: str, start_ms: int, end_ms: int) -> None:
+        """The minutes of ``symbol`` opening in [start_ms, end_ms) go missing at the exchange,
+        as minutes with no trades or in maintenance are on Binance: REST klines, the stream
+        (no kline frames) and dumps leave them out. A longer candle is missing only when all
+        of its minutes are (the others are served as generated, not re-aggregated). History
+        does not come back: reset_faults leaves gaps alone."""
+        symbol, start_ms, end_ms = symbol.upper(), int(start_ms), int(end_ms)
+        if not symbol or end_ms <= start_ms:
+            raise ValueError("gap needs a symbol and start < end (epoch ms)")
+        self._gaps[symbol] = (*self._gaps.get(symbol, ()), (start_ms, end_ms))
+
+    def _in_gap(self, symbol: str, ims: int, open_ms: int) -> bool:
+        gaps = self._gaps.get(symbol)
+        return bool(gaps) and not gap_mask(np.array([open_ms], dtype=np.int64), ims, gaps)[0]
+
     def rate_limits(self, on: bool = True, futures: int | None = None, spot: int | None = None,
                     window: str | None = None, ban_seconds: float | None = None) -> None:
         """Enforce (or not) the REST weight budgets; optionally change them. Clears bans."""
@@ -125,6 +160,7 @@ class Faults:
         self._fault_rng = random.Random(cfg.seed)
         self._stall_handle = None
         self._malformed_seq = 0
+        self._gaps: dict[str, Gaps] = {}  # symbol -> half-open ms ranges missing at the exchange
         self.reset_faults()
 
     def _control(self, name: str, q: dict[str, str]) -> Response:
@@ -153,6 +189,8 @@ class Faults:
             elif name == "redirect":
                 self.redirect(float(q.get("seconds", 5)), int(q.get("status", 302)),
                               q.get("location", DEFAULT_LOCATION), q.get("scope", "all"))
+            elif name == "gap":
+                self.gap(q["symbol"], int(q["start"]), int(q["end"]))
             elif name == "delist":
                 self.delist(q.get("symbols", "").split(","))
             elif name == "rate_limits":

@@ -34,6 +34,7 @@ from pathlib import Path
 import polars as pl
 from websockets.http11 import Response
 
+from market.exchange.control import Gaps, without_gaps
 from market.exchange.responses import bytes_response
 from market.exchange.wire import fixed_series
 from market.schema import INTERVAL_MS, interval_ms
@@ -62,9 +63,9 @@ def default_time_unit(market: str, period_start: dt.date) -> str:
     return "us" if market == "spot" and period_start >= dt.date(2025, 1, 1) else "ms"
 
 
-def _day_lines(m: SyntheticMarket, spec: SymbolSpec, day: int, ims: int, unit: str) -> pl.Series:
+def _day_lines(m: SyntheticMarket, spec: SymbolSpec, day: int, ims: int, unit: str, gaps: Gaps = ()) -> pl.Series:
     """CSV lines of one UTC day at an interval that divides a day (exact 1m aggregates)."""
-    cols = m.closed(spec.symbol, ims, day * DAY_MS, (day + 1) * DAY_MS - ims)
+    cols = without_gaps(m.closed(spec.symbol, ims, day * DAY_MS, (day + 1) * DAY_MS - ims), ims, gaps)
     opens = cols["open_time"]
     closes = opens + ims - 1
     if unit == "us":
@@ -88,8 +89,9 @@ def period_days(period: str) -> tuple[dt.date, dt.date]:
 
 
 def dump_zip(m: SyntheticMarket, symbol: str, interval: str, period: str, market: str = "futures/um",
-             header: bool | None = None, time_unit: str | None = None) -> tuple[str, bytes]:
-    """(zip name, zip bytes) of one period; the bytes are the same every time (fixed zip dates)."""
+             header: bool | None = None, time_unit: str | None = None, gaps: Gaps = ()) -> tuple[str, bytes]:
+    """(zip name, zip bytes) of one period; the bytes are the same every time (fixed zip dates).
+    ``gaps``: half-open ms ranges of minutes missing at the exchange (``LocalExchange.gap``)."""
     if market not in MARKETS or time_unit not in (None, "ms", "us"):
         raise ValueError(f"market must be one of {MARKETS} and time_unit ms or us")
     ims = interval_ms(interval)
@@ -98,7 +100,9 @@ def dump_zip(m: SyntheticMarket, symbol: str, interval: str, period: str, market
     unit = time_unit or default_time_unit(market, first)
     lines = [HEADER] if (default_header(market, first) if header is None else header) else []
     for day in range((first - _EPOCH).days, (end - _EPOCH).days):
-        lines.append("\n".join(_day_lines(m, spec, day, ims, unit).to_list()))
+        day_lines = _day_lines(m, spec, day, ims, unit, gaps)
+        if len(day_lines):  # a day lost whole in a gap adds no blank line
+            lines.append("\n".join(day_lines.to_list()))
     stem = f"{symbol}-{interval}-{period}"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -225,14 +229,15 @@ class DumpSite:
                 or (end - _EPOCH).days * DAY_MS > self.now_ms()):
             return _not_found(path)
         header, unit = self._dump_style
-        key = (market, symbol, interval, period, header, unit)
+        gaps = self._gaps.get(symbol, ())
+        key = (market, symbol, interval, period, header, unit, gaps)
         hit = self._dump_cache.get(key)
         if hit is None:
             async with self._dump_lock:  # one builder thread: the dump market is not shared
                 if self._dump_market is None:
                     self._dump_market = SyntheticMarket(tuple(self.market.specs.values()), self.market.seed)
                 hit = await asyncio.to_thread(dump_zip, self._dump_market, symbol, interval, period, market,
-                                              header, unit)
+                                              header, unit, gaps)
             self._dump_cache[key] = hit
             while len(self._dump_cache) > 16:
                 self._dump_cache.pop(next(iter(self._dump_cache)))

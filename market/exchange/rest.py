@@ -187,9 +187,18 @@ class Rest:
             hi -= hi % ims
             lo = hi - limit * ims  # one spare: the newest candle may not have started yet
         rows = self._closed_rows(sym, ims, lo, hi, now)
+        if sym in self._gaps:  # missing minutes do not count toward the limit: read on past them
+            first = self.market.first_ms - self.market.first_ms % ims
+            top = now if end is None else min(end, now)
+            while len(rows) < limit and start is not None and hi + ims <= top:
+                lo2, hi = hi + ims, min(top - top % ims, hi + (limit - len(rows)) * ims)
+                rows += self._closed_rows(sym, ims, lo2, hi, now)
+            while len(rows) < limit and start is None and lo - ims >= first:
+                hi2, lo = lo - ims, max(first, lo - (limit - len(rows)) * ims)
+                rows[:0] = self._closed_rows(sym, ims, lo, hi2, now)
         forming = now - now % ims
         if self.config.rest_forming and lo <= forming <= hi:  # Binance's last row: close_time in the future
-            k = self.market.candle(sym, ims, forming, now)
+            k = None if self._in_gap(sym, ims, forming) else self.market.candle(sym, ims, forming, now)
             if k is not None:
                 rows.append(rest_row(self.market.specs[sym], k))
         return rows[:limit] if start is not None else rows[-limit:]

@@ -28,7 +28,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from market.exchange.config import ExchangeConfig, ExchangeStats
-from market.exchange.control import Faults
+from market.exchange.control import Faults, without_gaps
 from market.exchange.dumps import DumpSite
 from market.exchange.responses import json_response as _json
 from market.exchange.rest import Rest, rest_route
@@ -150,15 +150,17 @@ class LocalExchange(Faults, Rest, DumpSite, Streams):
         return self._closed_rows(symbol, interval_ms(interval), lo, hi, self.now_ms())
 
     def _closed_rows(self, symbol: str, ims: int, lo: int, hi: int, now: int) -> list[list]:
-        """REST rows of the candles opening in [lo, hi] that are closed at ``now`` and lie
-        in the history (the candle holding its first minute included), a day at a time."""
+        """REST rows of the candles opening in [lo, hi] that are closed at ``now``, lie in
+        the history (the candle holding its first minute included) and not in a ``gap``,
+        a day at a time."""
         assert self.market is not None
         first = self.market.first_ms
         lo = max(lo, first - first % ims)
         hi = min(hi, (now - ims) // ims * ims)  # closed: open + interval <= now
         if lo > hi:
             return []
-        return rest_rows(self.market.specs[symbol], self.market.closed(symbol, ims, lo, hi), ims)
+        cols = without_gaps(self.market.closed(symbol, ims, lo, hi), ims, self._gaps.get(symbol, ()))
+        return rest_rows(self.market.specs[symbol], cols, ims)
 
     def history(self, symbol: str, interval: str | None = None,
                 start_ms: int | None = None, end_ms: int | None = None) -> pl.DataFrame:

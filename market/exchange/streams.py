@@ -259,6 +259,10 @@ class Streams:
                 return []
             w = self.market.window(sym, t)
             return [ticker_data(spec, w, t)] if w else []
+        if self._gaps:  # minutes missing at the exchange send no kline frames
+            shown = open_ms if open_ms is not None else t - ims if t % ims == 0 else t - t % ims
+            if self._in_gap(sym, ims, shown):
+                return []
         if open_ms is None and t % ims == 0:  # a candle just closed
             open_ms = t - ims
             if self._late_ms:
