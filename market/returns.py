@@ -16,7 +16,9 @@ import polars as pl
 
 from market.indicators import group_keys, sort_groups
 
-CONDITIONS = ("rsi < low", "rsi > high", "any candle")
+def conditions(low: float = 30.0, high: float = 70.0) -> tuple[str, str, str]:
+    """The ``condition`` labels ``after_rsi`` gives, in its row order: "RSI < 30", "RSI > 70", "any candle"."""
+    return f"RSI < {low:g}", f"RSI > {high:g}", "any candle"
 
 
 def forward_returns(frame: pl.DataFrame, horizon: int) -> pl.DataFrame:
@@ -36,18 +38,19 @@ def after_rsi(frame: pl.DataFrame, horizon: int, low: float = 30.0, high: float 
     condition whose forward return is known), ``mean_pct`` and ``median_pct``
     (forward return in percent), ``up_share`` (fraction of events followed by a
     rise). "any candle" is the baseline to compare with. Rows sorted by the group
-    keys, then condition in CONDITIONS order.
+    keys, then condition in ``conditions(low, high)`` order.
     """
     keys = group_keys(frame, needs=("close", "rsi"))
+    labels = conditions(low, high)
     with_fwd = forward_returns(frame, horizon).filter(pl.col("fwd_return").is_not_null())
     labelled = pl.concat(
         [
-            with_fwd.filter(pl.col("rsi") < low).with_columns(condition=pl.lit(CONDITIONS[0])),
-            with_fwd.filter(pl.col("rsi") > high).with_columns(condition=pl.lit(CONDITIONS[1])),
-            with_fwd.with_columns(condition=pl.lit(CONDITIONS[2])),
+            with_fwd.filter(pl.col("rsi") < low).with_columns(condition=pl.lit(labels[0])),
+            with_fwd.filter(pl.col("rsi") > high).with_columns(condition=pl.lit(labels[1])),
+            with_fwd.with_columns(condition=pl.lit(labels[2])),
         ]
     )
-    order = pl.col("condition").replace_strict(list(CONDITIONS), list(range(len(CONDITIONS))))
+    order = pl.col("condition").replace_strict(list(labels), [0, 1, 2])
     return (
         labelled.group_by(*keys, "condition")
         .agg(

@@ -342,3 +342,24 @@ def query(
             return pl.DataFrame() if rel is None else rel.pl()
         except duckdb.Error as exc:
             raise QueryError(f"{type(exc).__name__}: {exc}") from exc
+
+
+#: The file `make demo` (the app with --demo) writes its synthetic market to, apart from real data.
+DEMO_DB = DEFAULT_DB.with_name("demo.duckdb")
+
+
+def notebook_db() -> tuple[Path, str]:
+    """The file a notebook should read, and why, in the words the notebook prints.
+
+    ``$MARKET_DB`` when set (even if that file is missing: the user chose it);
+    else ``store/market.duckdb`` when it exists; else ``store/demo.duckdb`` when
+    `make demo` has written it; else ``store/market.duckdb`` (missing: the
+    notebook then says how to fill it).
+    """
+    if os.environ.get("MARKET_DB"):
+        return default_db_path(), "from MARKET_DB"
+    if DEFAULT_DB.exists():
+        return DEFAULT_DB, "default"
+    if DEMO_DB.exists():
+        return DEMO_DB, f"the demo's file: there is no {DEFAULT_DB.name} yet"
+    return DEFAULT_DB, "default, not created yet"

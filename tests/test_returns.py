@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from market.indicators import add_indicators
-from market.returns import CONDITIONS, after_rsi, forward_returns
+from market.returns import after_rsi, conditions, forward_returns
 from tests.conftest import random_klines, talib_indicators
 
 
@@ -31,9 +31,11 @@ def test_after_rsi_matches_a_numpy_loop_with_talib_rsi():
         rsi = talib_indicators(close)["rsi"]
         fwd = np.r_[close[12:] / close[:-12] - 1, [np.nan] * 12]
         known = ~np.isnan(fwd)
-        masks = {CONDITIONS[0]: known & (rsi < 40), CONDITIONS[1]: known & (rsi > 60), CONDITIONS[2]: known}
+        labels = conditions(40, 60)
+        assert labels == ("RSI < 40", "RSI > 60", "any candle")
+        masks = {labels[0]: known & (rsi < 40), labels[1]: known & (rsi > 60), labels[2]: known}
         rows = table.filter(pl.col("symbol") == sym)
-        assert rows["condition"].to_list() == list(CONDITIONS)
+        assert rows["condition"].to_list() == list(labels)
         for row in rows.iter_rows(named=True):
             sel = fwd[masks[row["condition"]]]
             assert row["events"] == sel.size > 0
