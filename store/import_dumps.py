@@ -144,11 +144,12 @@ def parse_args(argv: list[str] | None = None, today: dt.date | None = None) -> A
 
 
 def collect(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
-    """The files to import: given files as they are, folders searched for .zip and .csv."""
+    """The files to import: given files as they are (a .CHECKSUM is read beside its zip, so
+    ``dir/*`` works), folders searched for .zip and .csv."""
     out: dict[Path, Path] = {}  # resolved -> as found, so a file named twice loads once
     for path in paths:
         found = [f for f in sorted(path.rglob("*")) if f.is_file() and f.suffix.lower() in (".zip", ".csv")] \
-            if path.is_dir() else [path]
+            if path.is_dir() else [] if path.name.endswith(".CHECKSUM") else [path]  # read beside its zip
         for f in found:
             out.setdefault(f.resolve(), f)
     return list(out.values())

@@ -91,8 +91,10 @@ def test_spot_ms_and_us_and_1h(tmp_path, capsys):
     write_dump(tree, dec, market="spot")
     write_dump(tree, jan, market="spot", micros=True)
     write_dump(tree, hourly, market="spot", micros=True)
-    code, out, err = run(capsys, "--db", db, "--exchange", "binance-spot", tree)
+    # files named one by one, as a shell glob names them (CHECKSUMs included)
+    code, out, err = run(capsys, "--db", db, "--exchange", "binance-spot", *sorted(tree.rglob("*")))
     assert code == 0, out + err
+    assert "3 files loaded" in out
     assert_frame_equal(klines(db), pl.concat([dec, jan, hourly]).sort("symbol", "interval", "open_time"),
                        check_exact=True)
     assert store.query("SELECT value FROM meta WHERE key = 'market'", db=db).item() == "binance-spot"
@@ -353,6 +355,16 @@ def test_bad_arguments_one_line_exit_2(tmp_path):
                              text=True, cwd=ROOT, timeout=120)
         assert out.returncode == 2, (argv, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, (argv, out.stderr)
+
+
+def test_cli_process_progress_on_stderr_report_on_stdout(tmp_path):
+    path = write_dump(tmp_path / "dumps", month_of("BTCUSDT", 2024, 1).head(1440), dt.date(2024, 1, 1))
+    out = subprocess.run([sys.executable, "-m", "store.import_dumps", "--db", str(tmp_path / "m.duckdb"), str(path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "import: 100%" in out.stderr and "B/s" in out.stderr
+    assert f"loaded   {path}: 1,440 rows, 0 replaced (0 changed)" in out.stdout
+    assert "indicators BTCUSDT 1m: 1,440 rows written" in out.stdout
 
 
 _WORDS = st.sampled_from(["--download", "--symbols", "BTCUSDT", "a,b", "--since", "2024-01", "2024-13", "--until",
