@@ -59,8 +59,9 @@ def _parser() -> _Parser:
     ap.add_argument("--replay", default=None, help="replay a recording (fixtures format) instead")
     ap.add_argument("--no-loop", action="store_true", help="replay once")
     ap.add_argument("--seed", type=_number(int, "use an integer >= 0", 0), default=0)
-    ap.add_argument("--history-minutes", type=_number(int, "use an integer >= 0", 0), default=3 * 1440)
-    ap.add_argument("--history-days", type=_number(float, "use 0 to 36500 days", 0, 36_500), default=None,
+    ap.add_argument("--history-minutes", type=_number(int, "use 0 to 5256000 (ten years)", 0, 3650 * 1440),
+                    default=3 * 1440)
+    ap.add_argument("--history-days", type=_number(float, "use 0 to 3650 days (ten years)", 0, 3650), default=None,
                     help="days of REST history and dumps (overrides --history-minutes)")
     ap.add_argument("--enforce-weights", action="store_true",
                     help="answer 429 over the REST weight budget and 418 to requests during Retry-After")

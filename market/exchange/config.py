@@ -46,11 +46,11 @@ class ExchangeConfig:
         object.__setattr__(self, "symbols", tuple(s.upper() for s in syms))
         interval_ms(self.interval)
         if self.history_days is not None:
-            if not 0 <= self.history_days <= 36_500:
-                raise ValueError("history_days must be in [0, 36500]")
+            if not 0 <= self.history_days <= 3650:  # ten years: trade ids stay positive
+                raise ValueError("history_days must be in [0, 3650]")
             object.__setattr__(self, "history_minutes", round(self.history_days * 1440))
-        if not self.speed >= 0 or self.seed < 0 or self.history_minutes < 0:
-            raise ValueError("speed, seed and history_minutes must be >= 0")
+        if not self.speed >= 0 or self.seed < 0 or not 0 <= self.history_minutes <= 3650 * 1440:
+            raise ValueError("speed and seed must be >= 0, history_minutes in [0, 5256000] (ten years)")
         parse_window(self.weight_window)
         if self.futures_weight_limit < 1 or self.spot_weight_limit < 1 or not self.ban_seconds >= 0:
             raise ValueError("weight limits must be >= 1 and ban_seconds >= 0")
