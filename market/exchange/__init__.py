@@ -2,8 +2,10 @@
 
 For the offline demo, tests (real sockets on 127.0.0.1) and benchmarks. Modules:
 server (LocalExchange: lifecycle, history, HTTP routing), streams (WebSockets and the
-sim clock), rest (REST handlers), control (fault switches), config (ExchangeConfig,
-stats, recordings), cli (``python -m market.exchange``).
+sim clock), rest (klines, ticker/24hr, exchangeInfo), limits (request weights, 429 /
+418), control (fault switches), dumps (the public data site's kline tree), wire
+(Binance's wire format), config (ExchangeConfig, stats, recordings), cli
+(``python -m market.exchange``). The market itself is market/synthetic.py.
 """
 
 from market.exchange.config import MALFORMED_KINDS, ExchangeConfig, ExchangeStats, read_recording
