@@ -148,6 +148,9 @@ def read_file(path: Path) -> tuple[Dump, pl.DataFrame]:
         if sums.exists():
             verify_checksum(raw, parse_checksum(sums.read_text(errors="replace"), path.name), path.name)
         raw, inner = unzip(raw, path.name)
+        if Path(inner).stem != dump.stem:
+            # a renamed zip would store one symbol's candles under another's name
+            raise DumpError(f"{path.name} holds {inner}, not {dump.stem}.csv: renamed? Import it under its own name")
         source = f"{path.name}:{inner}"
     else:
         source = path.name

@@ -203,6 +203,10 @@ def test_read_file_zip_checksum_and_corruption(tmp_path):
     path.with_name(path.name + ".CHECKSUM").unlink()
     with pytest.raises(DumpError, match="unreadable zip|BTCUSDT-1m-2024-02.zip"):
         dumps.read_file(path)
+    renamed = write_dump(tmp_path / "r", frame, checksum=False)
+    renamed = renamed.rename(renamed.with_name("ETHUSDT-1m-2024-02.zip"))
+    with pytest.raises(DumpError, match="ETHUSDT-1m-2024-02.zip holds BTCUSDT-1m-2024-02.csv"):
+        dumps.read_file(renamed)
     path.write_bytes(b"not a zip at all")
     with pytest.raises(DumpError, match="unreadable zip"):
         dumps.read_file(path)
