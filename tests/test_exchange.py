@@ -74,6 +74,20 @@ def finals_seen(stream: str, n: int):
     return lambda frames: sum(f'"{stream}"' in f and '"x":true' in f for f in frames) >= n
 
 
+def finals_since(stream: str, n: int, since: int):
+    """done(frames) for collect_until: n finals of candles closing at or after sim time
+    ``since`` (a lagging client first reads what was sent before it)."""
+    seen = {"checked": 0, "count": 0}
+
+    def done(frames: list[str]) -> bool:
+        for f in frames[seen["checked"]:]:
+            if f'"{stream}"' in f and '"x":true' in f and json.loads(f)["data"]["k"]["T"] + 1 >= since:
+                seen["count"] += 1
+        seen["checked"] = len(frames)
+        return seen["count"] >= n
+    return done
+
+
 def event_time(frame: str) -> int:
     """E of a frame; 0 for the malformed ones."""
     try:
@@ -401,7 +415,7 @@ async def test_duplicate_and_late_finals() -> None:
         async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m") as ws:
             ex.duplicate_finals(True)
             switched = ex.now_ms()  # ticks before this may have been sent the old way
-            ks = klines(await collect_until(ws, finals_seen("btcusdt@kline_1m", 5)), "btcusdt@kline_1m")
+            ks = klines(await collect_until(ws, finals_since("btcusdt@kline_1m", 5, switched)), "btcusdt@kline_1m")
             finals = [k for k in ks if k["x"] and k["T"] + 1 >= switched]
             counts = Counter(k["t"] for k in finals)
             counts.pop(finals[-1]["t"])  # the window may have cut the last pair
@@ -410,7 +424,7 @@ async def test_duplicate_and_late_finals() -> None:
             ex.duplicate_finals(False)
             ex.late_finals(3.0)
             switched = ex.now_ms()
-            frames = [json.loads(f)["data"] for f in await collect_until(ws, finals_seen("btcusdt@kline_1m", 4))]
+            frames = [json.loads(f)["data"] for f in await collect_until(ws, finals_since("btcusdt@kline_1m", 2, switched))]
         late = [(i, d) for i, d in enumerate(frames) if d["k"]["x"] and d["k"]["T"] + 1 >= switched]
         assert late
         for i, d in late:
