@@ -34,6 +34,7 @@ from market.schema import INTERVAL_MS, interval_ms
 from store import ranges
 from store.backfill_args import PROG, BackfillConfig, parse_args
 from store.db import StoreError, prepare
+from store.refresh import Refresher
 from store.writer import Writer
 
 log = logging.getLogger("store.backfill")
@@ -64,6 +65,8 @@ class Result:
     requests: int = 0
     weight: int = 0
     empty_recorded: int = 0
+    indicator_series: int = 0  # series whose indicators were brought up to date
+    indicator_rows: int = 0
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
     fatal: str | None = None
 
@@ -83,6 +86,8 @@ class Backfill:
         self.writer = Writer(self.db, market=self.preset.market)
         self.progress = config.progress if progress is None else progress
         self.result = Result()
+        self.indicators = Refresher(self.db, self.preset.market, progress=self.progress)
+        self._wanted: list[tuple[str, str]] = []  # every series the run looked at
         self.now: int | None = None  # the server's clock when the run started (ms)
         self._latest: dict[tuple[str, str], int] = {}  # newest open time known to exist
         self._trailing: list[tuple[str, str, int, int]] = []  # absent unless a later candle exists
@@ -103,6 +108,7 @@ class Backfill:
             except StoreError as exc:  # candles the writer could not write are spooled, not lost
                 self.result.fatal = self.result.fatal or str(exc)
             self.result.requests, self.result.weight = self.client.requests, self.client.weight
+            self.result.indicator_series, self.result.indicator_rows = self.indicators.refreshed, self.indicators.written
         return self.result
 
     async def _run(self) -> None:
@@ -120,8 +126,13 @@ class Backfill:
         if cfg.top:
             symbols = await self.client.top_symbols(cfg.top)
             log.info("top %d by 24h quote volume: %s", cfg.top, ", ".join(symbols))
+        await asyncio.to_thread(self.writer.flush, force=True)  # candles spooled by an earlier run first
         jobs = await self._plan(symbols, now)
         keys = list(dict.fromkeys((s, i) for s, i, *_ in jobs))
+        # a run killed between a series' candles and its indicators left candles without them
+        stale = await asyncio.to_thread(self.indicators.check, self._wanted, set(keys))
+        if stale:
+            tqdm.write(f"{stale} series hold candles without indicators: refreshing them", file=sys.stderr)
         self._size = collections.Counter()
         for s, i, a, b, _ in jobs:
             self._size[(s, i)] += (b - a) // interval_ms(i)
@@ -164,6 +175,7 @@ class Backfill:
                                            hi if cfg.since_ms is not None else None, db=self.db)
             ends = await asyncio.to_thread(ranges.bounds, wanted, interval, db=self.db)
             for s in wanted:
+                self._wanted.append((s, interval))
                 if s in ends:
                     self._latest[(s, interval)] = ends[s][1]
                 for rng in todo.get(s, []):
@@ -214,6 +226,7 @@ class Backfill:
             if key == self._current:
                 self._sym_bar.update(n)
             if not self._left[key]:
+                self.indicators.done(key)  # refreshed after the flush that stores its last page
                 if symbol not in self.result.failed:
                     tqdm.write(f"{symbol} {interval}: {self._done[key]:,} candles stored", file=sys.stderr)
                 if key == self._current:
@@ -242,6 +255,7 @@ class Backfill:
         frame = frame.filter((t >= a) & (t < b))
         if frame.height:
             self.writer.add_klines(frame)
+            self.indicators.stored((symbol, interval), int(frame["open_time"].dt.epoch("ms").min()))
             self.result.candles += frame.height
             self._done[(symbol, interval)] += frame.height
         times = sorted(r[0] for r in rows if isinstance(r, list) and r and isinstance(r[0], int))
@@ -259,12 +273,26 @@ class Backfill:
             await asyncio.to_thread(self._flush, False)
 
     def _flush(self, final: bool) -> None:
-        """Candles first, then the empty ranges confirmed so far (a candle at or after
-        a trailing range's end confirms it)."""
+        """Candles first, then the indicators of series whose candles are now all in the
+        file (at the end: every series stored into), then the empty ranges confirmed so
+        far (a candle at or after a trailing range's end confirms it)."""
+        keys = self.indicators.waiting if final else self.indicators.take()
         if final:
             self.writer.close()
         else:
             self.writer.flush()
+        error = None
+        if self.writer.last_error is None:  # nothing held back: their candles are in the file
+            try:
+                self.indicators.run(keys)
+            except StoreError as exc:  # retried at the end; a re-run finds them too (unindexed)
+                log.warning("%s", exc)
+                error = exc
+        else:
+            self.indicators.give_back(keys)
+            if final and keys:
+                error = StoreError(f"indicators of {len(keys)} series not refreshed: their candles are "
+                                   f"not written yet ({self.writer.last_error})")
         still = []
         for s, i, a, b in self._trailing:
             (self._empty if self._latest.get((s, i), -1) >= b else still).append((s, i, a, b))
@@ -276,6 +304,8 @@ class Backfill:
             self._empty[:0] = batch
             if final:
                 raise
+        if final and error is not None:
+            raise StoreError(f"{error}; run the same command again to finish them")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(backfill.run())
     budget = ", ".join(w.describe() for w in backfill.client.limiter.windows)
     print(f"backfill: {result.candles:,} candles stored, {result.requests:,} requests "
-          f"(weight {result.weight:,}; budget {budget}), {result.empty_recorded} empty ranges recorded",
+          f"(weight {result.weight:,}; budget {budget}), {result.empty_recorded} empty ranges recorded, "
+          f"indicators of {result.indicator_series} series refreshed ({result.indicator_rows:,} rows)",
           file=sys.stderr)
     for message in result.failed.values():
         print(f"failed: {message}", file=sys.stderr)

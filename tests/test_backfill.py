@@ -418,3 +418,94 @@ async def test_spot_preset_uses_spot_paths_weights_and_market(tmp_path, capsys):
                  "http://127.0.0.1:9", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "holds binance-spot candles, not binance-futures" in err and "127.0.0.1:9" not in err
+
+
+# ----------------------------------------------------------------------------- indicators of what was stored
+
+
+def check_indicators(db, series: list[tuple[str, str]]) -> None:
+    """Every stored candle has exactly one indicator row; RSI, StochRSI K and D equal TA-Lib's
+    over the stored closes (null exactly where TA-Lib's are) and the signal follows the rule
+    of market/indicators.py (tests/conftest.py's ``talib_indicators``)."""
+    import numpy as np
+
+    from store import history
+    from tests.conftest import talib_indicators
+    dups = store.query("SELECT count(*) AS n FROM (SELECT symbol, interval, open_time FROM indicators "
+                       "GROUP BY ALL HAVING count(*) > 1)", db=db)["n"][0]
+    orphans = store.query("SELECT count(*) AS n FROM indicators i ANTI JOIN klines k "
+                          "USING (symbol, interval, open_time)", db=db)["n"][0]
+    assert dups == 0 and orphans == 0
+    for symbol, interval in series:
+        rows = history.with_indicators(symbol, interval, db=db)
+        closes = rows["close"].to_numpy()
+        assert len(closes) > 100, (symbol, interval)
+        want = talib_indicators(closes)
+        for name in ("rsi", "stoch_k", "stoch_d"):
+            have = rows[name].cast(pl.Float64).to_numpy()  # null (no row, or warming up) -> NaN
+            ref = want[name]
+            assert np.array_equal(np.isnan(have), np.isnan(ref)), f"{symbol} {interval} {name}: null masks differ"
+            assert np.abs(have - ref)[~np.isnan(ref)].max() <= 1e-9, (symbol, interval, name)
+        assert rows["signal"].to_list() == want["signal"], (symbol, interval)
+
+
+async def test_backfill_prepend_and_repair_leave_indicators_equal_to_talib(tmp_path):
+    db = tmp_path / "i.duckdb"
+    syms = ["BTCUSDT", "ETHUSDT"]
+    async with exchange(syms, history_minutes=3000) as ex:
+        now = floor(ex.now_ms())
+        argv = ["--db", str(db), "--symbols", ",".join(syms), "--rest-url", ex.rest_base]
+        b = await run([*argv, "--since", iso(now - 900 * MINUTE)])
+        assert b.result.exit_code == 0, b.result
+        assert b.result.indicator_series == 2 and b.result.indicator_rows >= 2 * 900
+        check_indicators(db, [(s, "1m") for s in syms])
+        # older history in front: the seam and the later candles' values change (RSI's seed)
+        t, rsi = store.query("SELECT open_time, rsi FROM indicators WHERE symbol = 'BTCUSDT' "
+                             "ORDER BY open_time LIMIT 1 OFFSET 20", db=db).row(0)
+        b = await run([*argv, "--since", iso(now - 2000 * MINUTE)])
+        assert b.result.exit_code == 0, b.result
+        check_indicators(db, [(s, "1m") for s in syms])
+        moved = store.query("SELECT rsi FROM indicators WHERE symbol = 'BTCUSDT' AND open_time = ?", [t], db=db)
+        assert moved.height == 1 and abs(moved["rsi"][0] - rsi) > 1e-6  # recomputed, not left as it was
+        # nothing to fetch and nothing stale: no indicator row rewritten
+        b = await run([*argv, "--since", iso(now - 2000 * MINUTE)])
+        assert b.result.indicator_rows == 0
+
+    # --repair: holes (stored by another tool, without indicators) in a 1m and a 5m series
+    db = tmp_path / "r.duckdb"
+    async with exchange(syms, history_minutes=3000) as ex:
+        start = floor(ex.now_ms()) - 2900 * MINUTE
+        end = start + 2800 * MINUTE
+        w = store.Writer(db, market="binance-futures")
+        for s in syms:
+            full = truth(ex, s, start, end)
+            w.add_klines(full.filter(pl.Series([not (300 <= i < 340 or 1000 <= i < 1003) for i in range(full.height)])))
+        five = ex.history("BTCUSDT", "5m", start, end - 1)
+        w.add_klines(five.filter(pl.Series([not 100 <= i < 107 for i in range(five.height)])))
+        w.close()
+        b = await run(["--db", str(db), "--repair", "--rest-url", ex.rest_base])
+        assert b.result.exit_code == 0, b.result
+        assert b.result.indicator_series == 3
+        assert ranges.holes(syms, "1m", db=db) == {}
+        check_indicators(db, [("BTCUSDT", "1m"), ("ETHUSDT", "1m"), ("BTCUSDT", "5m")])
+
+
+async def test_candles_without_indicators_are_finished_by_the_next_run(tmp_path):
+    """The state a kill -9 between a series' candles and its indicators leaves: older candles
+    stored in front of a series with indicators, none for them, the later ones stale. The
+    same command, with nothing left to fetch, brings them up to date."""
+    db = tmp_path / "s.duckdb"
+    async with exchange(["BTCUSDT"], history_minutes=3000) as ex:
+        now = floor(ex.now_ms())
+        argv = ["--db", str(db), "--symbols", "BTCUSDT", "--rest-url", ex.rest_base]
+        assert (await run([*argv, "--since", iso(now - 600 * MINUTE)])).result.exit_code == 0
+        first = store.query("SELECT epoch_ms(min(open_time)) AS t FROM klines", db=db)["t"][0]
+        w = store.Writer(db, market="binance-futures")
+        w.add_klines(truth(ex, "BTCUSDT", first - 1000 * MINUTE, first))  # as if killed right after this
+        w.close()
+        before = ex.stats.rest_requests
+        b = await run([*argv, "--since", iso(first - 1000 * MINUTE)])
+        assert b.result.exit_code == 0, b.result
+        assert ex.stats.rest_requests - before <= 2  # exchangeInfo (and the minutes since the first run)
+        assert b.result.indicator_series == 1 and b.result.indicator_rows >= 1000
+        check_indicators(db, [("BTCUSDT", "1m")])
