@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Collection
 
 import polars as pl
 
@@ -58,6 +59,26 @@ class LiveState:
     def seed(self, history: pl.DataFrame) -> Changes:
         """Load stored closed candles (KLINE_SCHEMA, any order) and compute indicators."""
         return self._merge(history.filter(pl.col("interval") == self.interval))
+
+    def load(self, history: pl.DataFrame, since: pl.DataFrame, whole: Collection[str] = ()) -> pl.DataFrame:
+        """Merge stored candles the state lacked; return the indicator rows to store again.
+
+        For candles that were stored (or spooled) but not in the state when rows after
+        them were computed: a killed run's spooled rows, or the whole database when it
+        was busy at start. Returns each symbol's rows from ``since``'s ``open_time`` for
+        it on, as INDICATOR_SCHEMA rows recomputed over the merged history, except rows
+        with fewer than WARMUP candles before them (their window is cut) unless the
+        symbol is in ``whole`` (``history`` reaches back to its first stored candle).
+        """
+        self._merge(history)
+        marks = since.group_by("symbol").agg(pl.col("open_time").min().alias("_since"))
+        return (
+            self.closed.with_columns(_i=pl.int_range(pl.len()).over("symbol"))
+            .join(marks, on="symbol")
+            .filter(pl.col("open_time") >= pl.col("_since"),
+                    (pl.col("_i") >= WARMUP) | pl.col("symbol").is_in(list(whole)))
+            .select(list(INDICATOR_SCHEMA))
+        )
 
     def last_closed(self, symbol: str) -> int | None:
         """open_time (ms) of the newest closed candle known for ``symbol``."""

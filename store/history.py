@@ -19,14 +19,16 @@ from store.db import QueryError, query, reader, resolve_db
 Db = str | os.PathLike[str] | None
 
 
-def recent_klines(symbols: Sequence[str], interval: str, per_symbol: int, *, db: Db = None) -> pl.DataFrame:
+def recent_klines(symbols: Sequence[str], interval: str, per_symbol: int, *, db: Db = None,
+                  timeout: float = 30.0) -> pl.DataFrame:
     """The newest ``per_symbol`` closed candles of each symbol, sorted by symbol, open_time.
 
-    An absent database file gives an empty frame (a first start), not an error.
+    An absent database file gives an empty frame (a first start), not an error; a
+    file another process holds for longer than ``timeout`` s raises StoreLocked.
     """
     if not resolve_db(db).exists() or not symbols or per_symbol < 1:
         return empty(KLINE_SCHEMA)
-    with reader(db) as con:
+    with reader(db, timeout=timeout) as con:
         frame = _tail(con, list(dict.fromkeys(symbols)), interval, per_symbol)
     return frame.select(list(KLINE_SCHEMA))
 

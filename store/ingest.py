@@ -22,10 +22,13 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
+
 from market import cli
 from market.presets import COMMON_FLAGS, DEFAULT_PRESET, DEFAULT_SYMBOLS, Preset, custom_preset, get_preset
 from market.feed import EmptyRanges, Feed, FeedStatus
 from market.live import LiveState
+from market.schema import INDICATOR_SCHEMA, KLINE_SCHEMA, empty
 from market.stream import Batch, FeedConfig
 from store import ranges
 from store.db import StoreError, prepare, resolve_db
@@ -52,6 +55,9 @@ class IngestConfig:
     watchdog: float = 20.0
     queue_size: int = 1024
     max_pending_rows: int = 1_000_000  # rows held in memory while the file is busy, then spooled
+    #: s to wait at start for a file another process holds; past it the pipeline starts
+    #: without stored history and loads it (rewriting the indicators it stored) once it can
+    history_wait: float = 30.0
     #: the running command's options, named by a region-block message (the dashboard adds --demo)
     flags: tuple[str, ...] = COMMON_FLAGS
 
@@ -99,6 +105,8 @@ class Pipeline:
         self.batches = 0
         #: symbols that delivered a candle or ticker (stream or REST) since the start
         self.received: set[str] = set()
+        #: the stored history is in the state (False while the database was busy since the start)
+        self.history_loaded = False
 
     def status(self) -> PipelineStatus:
         return PipelineStatus(self.feed.status(), self.writer.status(), self.started.is_set())
@@ -111,22 +119,64 @@ class Pipeline:
                 tg.create_task(self.feed.run())
                 tg.create_task(self._consume())
                 tg.create_task(self._housekeeping())
+                if not self.history_loaded:
+                    tg.create_task(self._load_history_late())
         finally:
             self._drain()
             await asyncio.shield(asyncio.to_thread(self.writer.close))
 
-    async def _load_history(self) -> None:
+    async def _load_history(self, *, late: bool = False) -> None:
+        """Seed the state from the store: the database's newest ``keep`` candles per symbol
+        plus the rows a killed run left spooled to Parquet (in the store as soon as the
+        next flush runs, so part of the history the indicators are computed over).
+
+        Indicator rows stored from a shorter history are queued again, recomputed: the
+        spooled ones (their run may have computed them before its history was whole)
+        and, on a ``late`` load (the database was busy at start), every row this run
+        computed without it. With neither, nothing is rewritten.
+        """
+        cfg = self.config
         try:
-            history = await asyncio.to_thread(
-                recent_klines, self.config.symbols, self.config.interval, self.config.keep, db=self.db
-            )
+            # the spool first: a flush moves spooled rows into the database, never back
+            klines, marks = await asyncio.to_thread(self._spooled)
+            stored = await asyncio.to_thread(recent_klines, cfg.symbols, cfg.interval, cfg.keep, db=self.db,
+                                             timeout=cfg.history_wait)
         except StoreError as exc:
-            log.warning("starting without stored history: %s", exc)
+            if not late:
+                log.warning("starting without stored history: %s", exc)
             return
-        self.state.seed(history)
+        if late:
+            marks = pl.concat([marks, self.state.closed.select("symbol", "open_time")])
+        counts = dict(stored.group_by("symbol").len().iter_rows()) if stored.height else {}
+        whole = [s for s in cfg.symbols if counts.get(s, 0) < cfg.keep]  # the database's whole history
+        rewrite = self.state.load(pl.concat([stored, klines]), marks, whole)
+        if rewrite.height:
+            self.writer.add_indicators(rewrite)
+        self.history_loaded = True
         with contextlib.suppress(StoreError):
-            self.empty.load(await asyncio.to_thread(ranges.empty, self.config.symbols, self.config.interval, db=self.db))
-        log.info("loaded %d stored candles for %d symbols", history.height, history["symbol"].n_unique())
+            self.empty.load(await asyncio.to_thread(ranges.empty, cfg.symbols, cfg.interval, db=self.db))
+        log.info("loaded %d stored candles (%d of them spooled) for %d symbols%s; %d indicator rows to rewrite",
+                 stored.height + klines.height, klines.height, len(counts), " late" if late else "",
+                 rewrite.height)
+
+    async def _load_history_late(self) -> None:
+        """The database was busy at start: load its history as soon as it can be read."""
+        while not self.history_loaded:
+            await asyncio.sleep(self.config.flush_every)
+            await self._load_history(late=True)
+
+    def _spooled(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Our symbols' spooled klines, and (symbol, open_time) of every spooled kline or indicator row."""
+        cfg = self.config
+        ours = pl.col("symbol").is_in(list(cfg.symbols)) & (pl.col("interval") == cfg.interval)
+        try:
+            klines = self.writer.spooled("klines").filter(ours)
+            indicators = self.writer.spooled("indicators").filter(ours)
+        except (OSError, pl.exceptions.PolarsError) as exc:  # the flush will say so too
+            log.warning("cannot read the rows spooled in %s: %s", self.writer.spool_dir, exc)
+            klines, indicators = empty(KLINE_SCHEMA), empty(INDICATOR_SCHEMA)
+        marks = pl.concat([klines.select("symbol", "open_time"), indicators.select("symbol", "open_time")])
+        return klines.select(list(KLINE_SCHEMA)), marks
 
     async def _consume(self) -> None:
         while True:
@@ -142,9 +192,8 @@ class Pipeline:
                 received.update(batch.rest["symbol"].unique().to_list())
         changes = self.state.apply(batch)
         self.batches += 1
-        if changes.klines.height:
-            self.writer.add_klines(changes.klines)
-            self.writer.add_indicators(changes.indicators)
+        if changes.klines.height:  # together: a flush never stores candles without their indicators
+            self.writer.add_many({"klines": changes.klines, "indicators": changes.indicators})
 
     def _drain(self) -> None:
         """Fold in what is still queued or half-read, so a stop loses no closed candle."""

@@ -109,12 +109,22 @@ class Writer:
     # -- queueing -----------------------------------------------------------------
     def add(self, table: str, batch: pl.DataFrame) -> None:
         """Queue ``batch`` for ``table`` (klines, tickers or indicators); cheap, never blocks on I/O."""
-        if batch.height == 0:
+        self.add_many({table: batch})
+
+    def add_many(self, batches: dict[str, pl.DataFrame]) -> None:
+        """Queue batches for several tables at once: a flush takes all of them or none.
+
+        Why: klines and their indicators added one call apart could be split by a
+        flush in another thread, and a kill then leaves candles stored without
+        their indicator rows, which nothing would write again.
+        """
+        frames = {t: conform(b, TABLES[t]) for t, b in batches.items() if b.height}
+        if not frames:
             return
-        frame = conform(batch, TABLES[table])
         with self._lock:
-            self._pending[table].append(frame)
-            self._pending_rows += frame.height
+            for table, frame in frames.items():
+                self._pending[table].append(frame)
+                self._pending_rows += frame.height
             over = self._pending_rows >= self.max_pending_rows
             near = self._pending_rows >= self.warn_ratio * self.max_pending_rows
             if near and not self._warned:
@@ -124,8 +134,14 @@ class Writer:
                     self._pending_rows, self.path, self.max_pending_rows,
                     self._last_error or "the file is busy",
                 )
-        if over:
-            self._spool()
+        # Never while a flush holds rows (the next add spools instead): a failed flush puts
+        # its rows back in memory, and rows in memory are written after every spool file,
+        # so a spool file written meanwhile (newer rows) would lose to them.
+        if over and self._flush_lock.acquire(blocking=False):
+            try:
+                self._spool()
+            finally:
+                self._flush_lock.release()
 
     def add_klines(self, batch: pl.DataFrame) -> None:
         self.add("klines", batch)
@@ -175,6 +191,17 @@ class Writer:
             tmp.replace(self.spool_dir / name)  # atomic: a crash leaves no half file
         self._spooled_rows += rows
         log.warning("spooled %d rows to %s while %s is busy", rows, self.spool_dir, self.path)
+
+    def spooled(self, table: str) -> pl.DataFrame:
+        """``table``'s rows spooled to Parquet and not in the database yet (a reader of
+        the file alone misses them), oldest first. Read it before the database: a
+        flush moves spooled rows into the database, never the other way."""
+        frames = []
+        for f in self._spool_files():
+            if f.stem.rsplit("-", 1)[1] == table:
+                with contextlib.suppress(FileNotFoundError):  # flushed meanwhile: in the database now
+                    frames.append(pl.read_parquet(f))
+        return pl.concat(frames) if frames else pl.DataFrame(schema=TABLES[table])
 
     def _spool_files(self) -> list[Path]:
         return sorted(self.spool_dir.glob("*.parquet")) if self.spool_dir.exists() else []
@@ -405,7 +432,8 @@ class Writer:
                 return written
             if time.monotonic() >= deadline:
                 if self._pending_rows:
-                    self._spool()
+                    with self._flush_lock:  # a flush abandoned by a cancelled caller may still run
+                        self._spool()
                 log.warning("closed with %d rows spooled in %s: %s", self.pending_rows, self.spool_dir, self._last_error)
                 return written
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
