@@ -22,6 +22,7 @@ import collections
 import dataclasses
 import logging
 import sys
+import threading
 import time
 
 import polars as pl
@@ -88,6 +89,7 @@ class Backfill:
         self.result = Result()
         self.indicators = Refresher(self.db, self.preset.market, progress=self.progress)
         self._wanted: list[tuple[str, str]] = []  # every series the run looked at
+        self._flushing = threading.Lock()  # a cancelled flusher's thread may still be in _flush
         self.now: int | None = None  # the server's clock when the run started (ms)
         self._latest: dict[tuple[str, str], int] = {}  # newest open time known to exist
         self._trailing: list[tuple[str, str, int, int]] = []  # absent unless a later candle exists
@@ -108,7 +110,8 @@ class Backfill:
             except StoreError as exc:  # candles the writer could not write are spooled, not lost
                 self.result.fatal = self.result.fatal or str(exc)
             self.result.requests, self.result.weight = self.client.requests, self.client.weight
-            self.result.indicator_series, self.result.indicator_rows = self.indicators.refreshed, self.indicators.written
+            self.result.indicator_series = self.indicators.refreshed
+            self.result.indicator_rows = self.indicators.written
         return self.result
 
     async def _run(self) -> None:
@@ -276,6 +279,10 @@ class Backfill:
         """Candles first, then the indicators of series whose candles are now all in the
         file (at the end: every series stored into), then the empty ranges confirmed so
         far (a candle at or after a trailing range's end confirms it)."""
+        with self._flushing:
+            self._flush_locked(final)
+
+    def _flush_locked(self, final: bool) -> None:
         keys = self.indicators.waiting if final else self.indicators.take()
         if final:
             self.writer.close()
