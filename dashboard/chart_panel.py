@@ -57,9 +57,9 @@ class ChartPanel:
         self.chart.on_ranges(self.on_range)
         self.buttons = pn.widgets.RadioButtonGroup(options=list(lod.TIMEFRAMES), value=self.timeframe,
                                                    stylesheets=[_ACTIVE_CSS])
-        self.auto_button = pn.widgets.Toggle(name="Auto", value=True, color="primary", width=70)
-        self.date = pn.widgets.DatePicker(name="", width=150, description="Go to date (UTC)")
-        self.live_button = pn.widgets.Button(name="Go to live ▶", color="light", width=120,
+        self.auto_button = pn.widgets.Toggle(label="Auto", value=True, color="primary", width=70)
+        self.date = pn.widgets.DatePicker(width=150, description="Go to date (UTC)")
+        self.live_button = pn.widgets.Button(label="Go to live ▶", color="light", width=120,
                                              description="Back to the newest candles")
         self.buttons.param.watch(self._pin, "value")
         self.auto_button.param.watch(self._auto, "value")
@@ -91,19 +91,22 @@ class ChartPanel:
         """Chart ``symbol`` at the live end (a new symbol, or the page opening)."""
         self.symbol = symbol
         try:
-            first, _ = stored_span(symbol, db=self.feed.pipeline.db)
-            self._first = None if first is None else _ms(first)
+            first, last = stored_span(symbol, db=self.feed.pipeline.db)
         except StoreError as exc:
             log.info("no stored span for %s: %s", symbol, exc)
-            self._first = None
+            first = last = None
+        self._first = None if first is None else _ms(first)
+        self._last = None if last is None else _ms(last) + interval_ms(lod.TIMEFRAMES[0])
         self._load_live(timeframe or self.timeframe)
 
     def _load_live(self, timeframe: str, candles: int = lod.DEFAULT_CANDLES) -> None:
         self._series_for(timeframe)
         closed, forming = self.series.initial()
         self._fresh = False
-        end = self._end_of(closed, forming)
-        x0, x1 = lod.view_for(end, timeframe, candles) if end is not None else (0.0, 1.0)
+        end = self._end_of(closed, forming) or self._last  # memory, else the newest stored candle
+        if end is None:  # nothing anywhere yet: the next minutes, filled when the feed starts
+            end = _ms(dt.datetime.now(dt.UTC).replace(tzinfo=None)) + interval_ms(timeframe)
+        x0, x1 = lod.view_for(end, timeframe, candles)
         self._load(x0, x1, timeframe, closed=closed, forming=forming)
 
     def _series_for(self, timeframe: str) -> None:
@@ -211,10 +214,15 @@ class ChartPanel:
     def tick(self) -> None:
         if self.series is None:
             return
-        if self.series.stale:  # history changed behind the chart: reload, keep the view
+        if self.series.stale:  # history changed behind the chart (a backfill landed): reload
             x0, x1 = self.chart.view()
+            end = self.live_end
             self._fresh = True
-            self._load(x0, x1, self.timeframe)
+            if self.at_live and (end is None or x1 >= end - interval_ms(self.timeframe)):
+                # watching the live end: stay there, at the same zoom
+                self._load_live(self.timeframe, max(1, round((x1 - x0) / interval_ms(self.timeframe)) - 3))
+            else:
+                self._load(x0, x1, self.timeframe)
             return
         new, forming = self.series.poll()
         if not self.at_live or (not new.height and forming is None):

@@ -32,17 +32,17 @@ def window_candles(symbol: str, window: Window, *, db: Db = None, recent: pl.Dat
                    warmup: int = WARMUP) -> pl.DataFrame:
     """Closed candles of ``window`` (open_time in [start, end)) with rsi, stoch_k, stoch_d.
 
-    ``recent``: the live series' closed candles with indicators (same timeframe);
-    from its first candle on they are used instead of the store's. Sorted by time.
+    ``recent``: the live series' closed candles with indicators (same timeframe),
+    given when the window reaches the live end: from its first candle on they are
+    used instead of the store's, all of them (the live end is past ``end``). Sorted
+    by time.
     """
     step = interval_ms(window.timeframe)
-    start, end = _time(window.start), window.end
+    start = _time(window.start)
     cut = recent["open_time"][0] if recent is not None and recent.height else None
-    stored_end = _time(end) if end < 2**62 else None
-    if cut is not None and (stored_end is None or cut < stored_end):
-        stored_end = cut
+    stored_end = _time(window.end) if cut is None else min(cut, _time(window.end))
     parts = []
-    if stored_end is None or stored_end > start:
+    if stored_end > start:
         # 1m needs no aggregation: the plain range read is ~2x cheaper
         read = stored_klines if window.timeframe == "1m" else stored_candles
         stored = read(symbol, window.timeframe, start - dt.timedelta(milliseconds=step * warmup), stored_end, db=db)
@@ -50,8 +50,6 @@ def window_candles(symbol: str, window: Window, *, db: Db = None, recent: pl.Dat
             parts.append(add_indicators(stored).filter(pl.col("open_time") >= start))
     if cut is not None:
         keep = recent.filter(pl.col("open_time") >= start)
-        if end < 2**62:
-            keep = keep.filter(pl.col("open_time") < _time(end))
         if keep.height:
             parts.append(keep)
     if not parts:

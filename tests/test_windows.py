@@ -83,7 +83,8 @@ def test_window_equals_the_full_history_at_that_timeframe(ten_days, tf, x0, x1):
 def test_window_reaching_the_live_series_uses_its_candles(ten_days):
     db, full = ten_days
     recent = add_indicators(full).tail(300).with_columns(pl.lit("live").alias("symbol"))  # marked
-    win = Window("1m", ms(T0 + dt.timedelta(days=9)), 2**63 - 1)
+    # a live window: the series' candles past its end are the live end, drawn too
+    win = Window("1m", ms(T0 + dt.timedelta(days=9)), ms(T0 + dt.timedelta(days=9, hours=20)))
     got = window_candles(BTC, win, db=db, recent=recent)
     assert got["open_time"].is_sorted() and got["open_time"].n_unique() == got.height
     assert got.height == 1440  # the whole last day: stored rows, then the series' 300
