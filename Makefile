@@ -27,8 +27,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
+# JupyterLab on notebooks/ (explore.ipynb and history.ipynb), opening history.ipynb
 notebook: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ --LabApp.default_url=/lab/tree/history.ipynb
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache test-artifacts
