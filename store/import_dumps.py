@@ -29,7 +29,7 @@ from tqdm import tqdm
 from market import cli, dumps
 from market.presets import DEFAULT_PRESET, PRESETS, Preset, get_preset
 from store.bulk import load_klines, prepare, refresh_indicators, session
-from store.db import MarketMismatch, StoreError, resolve_db
+from store.db import MarketMismatch, StoreError, StoreLocked, resolve_db
 
 DEFAULT_DUMPS_URL = "https://data.binance.vision"
 
@@ -177,10 +177,11 @@ class Imported:
 
 
 def import_files(files: list[Path], db: Path, preset: Preset, *, progress: bool = True,
-                 workers: int = 2, indicators: bool = True) -> Imported:
+                 workers: int = 2, indicators: bool = True, timeout: float = 30.0) -> Imported:
     """Import ``files``, one series (symbol+interval) at a time, each file all or nothing.
 
-    ``indicators=False`` skips the indicator refresh (the benchmark times it apart).
+    ``indicators=False`` skips the indicator refresh (the benchmark times it apart);
+    ``timeout``: seconds to wait for the file while another process holds it.
     """
     reports = {f: FileReport(f) for f in files}
     series: dict[tuple[str, str], list[tuple[dumps.Dump, Path]]] = collections.defaultdict(list)
@@ -217,7 +218,7 @@ def import_files(files: list[Path], db: Path, preset: Preset, *, progress: bool 
         for (symbol, interval), paths in ordered:
             since, started, done = None, time.perf_counter(), set()
             try:
-                with session(db, preset.market) as con:
+                with session(db, preset.market, timeout=timeout) as con:
                     for path in paths:
                         frame = next_frame(path)
                         if frame is not None:
@@ -296,10 +297,10 @@ def main(argv: list[str] | None = None, today: dt.date | None = None) -> int:
         return 2
     try:
         prepare(args.db, args.preset.market)  # before any download: a wrong file fails fast
-    except MarketMismatch as exc:
+    except (MarketMismatch, StoreLocked) as exc:  # the right file, of another market or busy
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except StoreError as exc:
+    except StoreError as exc:  # not a database, a folder, not writable: a bad --db
         print(f"error: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()

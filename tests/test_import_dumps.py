@@ -254,6 +254,22 @@ async def test_download_from_the_local_exchange(tmp_path, capsys):
     assert code == 0 and "44,640 rows, 44,640 replaced (0 changed)" in capsys.readouterr().out
 
 
+def test_file_held_by_another_process_nothing_lost_nothing_half(tmp_path, hold_file):
+    db, tree = tmp_path / "m.duckdb", tmp_path / "dumps"
+    paths = [write_dump(tree, month_of(s, 2024, 1).head(1440), dt.date(2024, 1, 1)) for s in ("AAAUSDT", "BBBUSDT")]
+    store.prepare(db, "binance-futures")
+    holder = hold_file(db)
+    result = import_dumps.import_files(paths, db, import_dumps.get_preset("binance-futures"), progress=False,
+                                       timeout=0.5)
+    holder.release()
+    assert [r.rows for r in result.reports] == [0, 0]
+    assert all("not stored" in r.error and "held by" in r.error for r in result.reports)
+    assert klines(db).height == 0
+    # once the file is free, the same files load
+    result = import_dumps.import_files(paths, db, import_dumps.get_preset("binance-futures"), progress=False)
+    assert [r.rows for r in result.reports] == [1440, 1440] and klines(db).height == 2880
+
+
 # --------------------------------------------------------------------------- markets
 
 
