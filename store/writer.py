@@ -182,13 +182,28 @@ class Writer:
             rows = self._pending_rows
             self._pending_rows = 0
             self._warned = False
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        for table, frames in taken.items():
-            self._spool_seq += 1
-            name = f"{time.time_ns():020d}-{self._spool_seq:06d}-{table}.parquet"
-            tmp = self.spool_dir / (name + ".tmp")
-            pl.concat(frames).write_parquet(tmp)
-            tmp.replace(self.spool_dir / name)  # atomic: a crash leaves no half file
+        try:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            for table in list(taken):
+                self._spool_seq += 1
+                name = f"{time.time_ns():020d}-{self._spool_seq:06d}-{table}.parquet"
+                tmp = self.spool_dir / (name + ".tmp")
+                try:
+                    pl.concat(taken[table]).write_parquet(tmp)
+                    tmp.replace(self.spool_dir / name)  # atomic: a crash leaves no half file
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+                del taken[table]
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            # a full disk fails the spool too: keep the rows in memory, over the limit,
+            # rather than drop them (the caller is the event loop: never raise into it)
+            left = sum(f.height for frames in taken.values() for f in frames)
+            self._requeue(taken, left)
+            self._spooled_rows += rows - left
+            self._last_error = f"cannot spool to {self.spool_dir} either: {exc}"
+            log.error("keeping %d rows in memory: %s", self.pending_rows, self._last_error)
+            return
         self._spooled_rows += rows
         log.warning("spooled %d rows to %s while %s is busy", rows, self.spool_dir, self.path)
 

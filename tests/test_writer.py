@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import signal
 import subprocess
 import sys
@@ -417,3 +418,50 @@ def test_kill_during_compaction_leaves_a_whole_file(tmp_path):
     assert w2.compact()
     assert not db.with_name(db.name + ".compact").exists()
     assert_frame_equal(stored(db), expected)
+
+
+FULL_DISK = textwrap.dedent(
+    """
+    import datetime as dt, json, resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+    import store
+    from tests.conftest import random_klines
+    w = store.Writer(sys.argv[1], max_pending_rows=1000)
+    w.add_klines(random_klines(["A"], 10))
+    w.flush()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # the disk is full: no file grows past 4 KB
+    data = random_klines(["A", "B", "C"], 1000, start=dt.datetime(2026, 2, 1))
+    raised, errors = [], set()
+    for i in range(0, data.height, 250):
+        w.add_klines(data.slice(i, 250))  # past 1,000 rows it tries to spool, which fails too
+        errors.add(w.last_error or "")
+        try:
+            w.flush(force=True)
+        except store.StoreError as exc:
+            raised.append(str(exc))
+    st = w.status()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again
+    written = w.flush(force=True)
+    print(json.dumps({"pending": st.pending_rows, "spooled": st.spooled_rows, "errors": sorted(errors),
+                      "raised": len(raised), "written": written, "left": w.pending_rows}))
+    """
+)
+
+
+def test_full_disk_keeps_rows_in_memory_when_spooling_fails_too(tmp_path):
+    """Database and spool both unwritable (a per-file size limit stands in for a full disk):
+    nothing is dropped, add() never raises, and everything lands once there is room."""
+    db = tmp_path / "m.duckdb"
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, str(db)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got["pending"] == 3000 and got["spooled"] == 0  # all kept in memory, over the 1,000 limit
+    assert any("cannot spool" in e and "either" in e for e in got["errors"]), got
+    assert got["raised"] == 12  # each of the 12 flushes said why it could not write
+    assert got["written"] == 3000 and got["left"] == 0
+    data = random_klines(["A", "B", "C"], 1000, start=dt.datetime(2026, 2, 1))
+    assert_frame_equal(stored(db).filter(pl.col("open_time") >= dt.datetime(2026, 2, 1)), data.sort(KEY))
+    spool = db.with_name(db.name + ".spool")
+    assert not spool.exists() or not list(spool.iterdir())
