@@ -150,7 +150,8 @@ def refresh_indicators(
 ) -> int:
     """Bring ``symbol``/``interval``'s indicators up to date from ``since`` (the first imported candle) on.
 
-    Rows before ``since`` cannot change, since indicators only look back. From
+    Rows before ``since`` cannot change, since indicators only look back (but
+    stored candles lacking indicators move ``since`` back to the first of them). From
     ``since`` on, everything stored is recomputed and rows that differ from the
     stored ones by more than ``SAME`` (or have none) are written: the imported
     candles, and the later ones whose RSI moves because older history now
@@ -161,6 +162,15 @@ def refresh_indicators(
     """
     key = "WHERE symbol = ? AND interval = ?"
     try:
+        # Candles stored earlier without indicators (an import killed between the two)
+        # are caught up too, so every run leaves the series whole.
+        lacking = con.execute(
+            f"SELECT min(open_time) FROM klines k {key} AND open_time < ? AND NOT EXISTS ("
+            "SELECT 1 FROM indicators i WHERE i.symbol = k.symbol AND i.interval = k.interval "
+            "AND i.open_time = k.open_time)",
+            [symbol, interval, since],
+        ).fetchall()[0][0]
+        since = min(since, lacking) if lacking is not None else since
         start = con.execute(
             f"SELECT open_time FROM klines {key} AND open_time < ? ORDER BY open_time DESC LIMIT 1 OFFSET ?",
             [symbol, interval, since, WARMUP - 1],

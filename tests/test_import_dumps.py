@@ -25,6 +25,7 @@ from market.exchange.dumps import corrupt, write_tree
 from market.indicators import add_indicators, add_signal
 from market.schema import KLINE_SCHEMA
 from store import import_dumps
+from store.bulk import session
 from store.import_dumps import main
 from tests.conftest import ROOT, random_klines
 from tests.test_dumps import month_of, write_dump
@@ -183,6 +184,13 @@ def test_seam_with_stored_candles_before_and_after(tmp_path, capsys):
         assert code == 0, out
         assert_full_history_indicators(db)
     assert_frame_equal(klines(db), history, check_exact=True)
+    # an import killed between candles and indicators left day 1 without them: the next import heals it
+    with session(db, "binance-futures") as con:
+        con.execute("DELETE FROM indicators WHERE open_time < ?", [dt.datetime(2024, 5, 2)])
+    write_dump(tree, random_klines(["BTCUSDT"], 1440, start=dt.datetime(2024, 5, 4), seed=12), dt.date(2024, 5, 4))
+    code, out, _ = run(capsys, "--db", db, tree / "data/futures/um/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-05-04.zip")
+    assert code == 0, out
+    assert_full_history_indicators(db)
 
 
 def _ms(day: str) -> int:
