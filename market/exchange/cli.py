@@ -27,7 +27,10 @@ _SYMBOL = re.compile(r"[A-Z0-9]{1,20}")
 
 
 class UsageError(Exception):
-    """A bad command line, in one plain line."""
+    """A bad command line, in one plain line (control characters of the input escaped)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
 
 
 class _Parser(argparse.ArgumentParser):
