@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from market.exchange import ExchangeConfig
@@ -78,6 +78,8 @@ argv = st.lists(st.one_of(st.sampled_from(SWITCHES), st.tuples(st.sampled_from(F
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(argv)
+@example(["\n"])
+@example(["--symbols", "A\nB"])
 def test_any_command_line_parses_or_is_one_usage_line(args: list[str]) -> None:
     if any(a.startswith("-h") or a.startswith("--h") and "--help".startswith(a) for a in args):
         return  # --help prints the help and exits 0: not a parse result
