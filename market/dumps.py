@@ -387,9 +387,12 @@ async def _fetch(client: httpx.AsyncClient, base: str, market: str, dest: Path, 
         return Fetched(dump, "failed", None, f"{base}/{rel}: {type(exc).__name__}: {exc}")
     except DumpError as exc:
         return Fetched(dump, "failed", None, str(exc))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    part.write_bytes(got[1])
-    part.replace(target)  # atomic: a half-written zip never carries the final name
-    sums.write_bytes(got[0])
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        part.write_bytes(got[1])
+        part.replace(target)  # atomic: a half-written zip never carries the final name
+        sums.write_bytes(got[0])
+    except OSError as exc:
+        return Fetched(dump, "failed", None, f"cannot save {target}: {exc.strerror or exc}")
     return Fetched(dump, "ok", target)

@@ -138,8 +138,10 @@ def parse_args(argv: list[str] | None = None, today: dt.date | None = None) -> A
         url = (a.dumps_url or DEFAULT_DUMPS_URL).rstrip("/")
         if not re.match(r"https?://[^/]+", url):
             raise BadArgs(f"--dumps-url must start with http:// or https://, got {a.dumps_url!r}")
-        download = Download(symbols, interval, since, until, url, site_market,
-                            a.dest or db.parent / "dumps", a.concurrency)
+        dest = a.dest or db.parent / "dumps"
+        if dest.exists() and not dest.is_dir():
+            raise BadArgs(f"--dest {str(dest)!r} is a file; give a folder for the downloaded dumps")
+        download = Download(symbols, interval, since, until, url, site_market, dest, a.concurrency)
     return Args(db, preset, tuple(a.paths), download, not a.no_progress)
 
 

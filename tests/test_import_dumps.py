@@ -373,6 +373,9 @@ def test_bad_arguments_one_line_exit_2(tmp_path):
         ["--symbols", "BTCUSDT", str(tmp_path)],
         [str(tmp_path / "nowhere")],
         ["--db", str(tmp_path), str(tmp_path)],
+        ["--download", "--symbols", "BTCUSDT", "--since", "2024-01", "--dest", str(ROOT / "README.md")],
+        ["--download", "--symbols", "BTCUSDT", "--since", "2024-01", "--until", "2023-12"],
+        ["--download", "--symbols", "BTCUSDT", "--since", "2024-01", "--market", "spot", "--exchange", "binance-futures"],
     ]
     for argv in cases:
         out = subprocess.run([sys.executable, "-m", "store.import_dumps", *argv], capture_output=True,
