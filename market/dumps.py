@@ -1,4 +1,4 @@
-"""Binance's public kline dumps (data.binance.vision): names, layout, CSV reading, checksums.
+"""Binance's public kline dumps (data.binance.vision): names, layout, CSV reading, checksums, download.
 
 The site lays files out as
 ``data/<market>/<monthly|daily>/klines/<SYMBOL>/<interval>/<SYMBOL>-<interval>-<YYYY-MM[-DD]>.zip``
@@ -11,7 +11,9 @@ start with a header row from 2022 on, spot never has one)::
 
 Reading is vectorised (polars ``read_csv`` on the bytes, then column checks);
 only when something is wrong is the file re-read line by line to name the first
-bad line, so a refusal always says which file and which 1-based line.
+bad line, so a refusal always says which file and which 1-based line. ``plan``
+says which files cover a date range; ``download`` fetches them (httpx, a few at
+a time, checksums verified). The database side is store/import_dumps.py.
 """
 
 from __future__ import annotations
