@@ -124,6 +124,7 @@ def compare(db: Path, rest: str, symbols: list[str], last_closed_ms: int) -> dic
                          "ORDER BY symbol, open_time", db=db)
     dup = stored.select("symbol", "t").is_duplicated().sum()
     lost = different = checked = 0
+    lost_keys: list[str] = []
     with httpx.Client(timeout=120) as http:
         for sym in symbols:
             mine = stored.filter(pl.col("symbol") == sym)
@@ -136,11 +137,13 @@ def compare(db: Path, rest: str, symbols: list[str], last_closed_ms: int) -> dic
                                   "volume_x": [float(r[5]) for r in rows]}, schema_overrides={"t": pl.Int64})
             joined = truth.join(mine.filter(pl.col("t") <= last_closed_ms), on="t", how="left")
             lost += joined["close"].null_count()
+            lost_keys += [f"{sym} {t}" for t in joined.filter(pl.col("close").is_null())["t"].head(5).to_list()]
             different += joined.filter((pl.col("close") != pl.col("close_x"))
                                        | (pl.col("volume") != pl.col("volume_x"))).height
             checked += truth.height
     return {"candles_checked": checked, "candles_lost": lost, "candles_duplicated": int(dup),
-            "candles_different": different}
+            "candles_different": different, "lost_samples (symbol, open_time ms)": lost_keys[:20],
+            "last_closed_ms": int(last_closed_ms)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     a.out.write_text(json.dumps(report, indent=1) + "\n")
     print(table(report))
     print(f"report: {a.out}")
-    tmp.cleanup()
+    if check["candles_lost"] or check["candles_duplicated"] or check["candles_different"]:
+        print(f"kept the database for a look: {db}")
+    else:
+        tmp.cleanup()
     return 0 if check["candles_lost"] == check["candles_duplicated"] == check["candles_different"] == 0 else 1
 
 
