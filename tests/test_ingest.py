@@ -344,7 +344,7 @@ def exchange_proc():
         yield info
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        assert proc.wait(timeout=60) == 0
 
 
 def ingest_cmd(exchange: dict, db: Path, *extra: str) -> list[str]:
@@ -364,7 +364,7 @@ class Lines:
         for line in stream:
             self._q.put(line)
 
-    def wait(self, needle: str, timeout: float = 30.0) -> str:
+    def wait(self, needle: str, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

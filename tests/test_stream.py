@@ -36,7 +36,7 @@ pytestmark = pytest.mark.timeout(60)
 def feed_config(ex: LocalExchange, symbols=SYMS, **overrides) -> FeedConfig:
     """Small numbers so reconnect tests take tenths of a second, not minutes."""
     kw = dict(watchdog=1.0, backoff_base=0.05, backoff_cap=0.5, healthy_after=60.0,
-              flush_every=0.02, open_timeout=5.0, backfill=False)
+              flush_every=0.02, open_timeout=30.0, backfill=False)
     kw.update(overrides)
     return FeedConfig(preset=custom_preset(ex.ws_base, ex.rest_base), symbols=tuple(symbols), **kw)
 
