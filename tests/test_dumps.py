@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from market import dumps
-from market.dumps import COLUMNS, Dump, DumpError, parse_name, read_csv
+from market.dumps import Dump, DumpError, parse_name, read_csv
 from market.schema import KLINE_SCHEMA, interval_ms
 from tests.conftest import random_klines
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pytest
 import talib
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,7 +22,6 @@ import store
 from market.exchange import LocalExchange
 from market.exchange.dumps import corrupt, write_tree
 from market.indicators import add_indicators, add_signal
-from market.schema import KLINE_SCHEMA
 from store import import_dumps
 from store.bulk import session
 from store.import_dumps import main
