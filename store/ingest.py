@@ -123,6 +123,9 @@ class Pipeline:
                     tg.create_task(self._load_history_late())
         finally:
             self._drain()
+            if self.started.is_set() and not self.history_loaded:  # last chance to rewrite them
+                with contextlib.suppress(StoreError):
+                    await asyncio.shield(self._load_history(late=True))
             await asyncio.shield(asyncio.to_thread(self.writer.close))
 
     async def _load_history(self, *, late: bool = False) -> None:
@@ -217,7 +220,10 @@ class Pipeline:
                 ticker_version = self.state.version
                 self.writer.add_tickers(self.state.tickers_frame())
             try:
-                await asyncio.to_thread(self.writer.flush)
+                # not before the history is loaded: rows computed without it wait in memory
+                # or in the spool, which the next run recomputes if this one is killed
+                if self.history_loaded:
+                    await asyncio.to_thread(self.writer.flush)
             except StoreError as exc:  # rows stay queued; the status shows the error
                 log.error("cannot write to the database, will retry: %s", exc)
             if found := self.empty.take_new():

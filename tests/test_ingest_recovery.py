@@ -74,8 +74,8 @@ async def test_rows_spooled_by_a_killed_run_join_the_history_and_get_their_indic
 
 async def test_a_database_busy_at_start_is_loaded_later_and_the_indicators_rewritten(tmp_path, hold_file):
     """Another process holds the file when the pipeline starts: it runs on REST's last 40
-    candles (a cut history), then loads the database once it is free and stores again
-    every indicator it computed without it."""
+    candles (a cut history) and writes nothing, then loads the database once it is free
+    and stores every indicator it computed without it recomputed over the whole history."""
     db = tmp_path / "m.duckdb"
     async with LocalExchange(symbols=SYMS, speed=60, history_minutes=300) as ex:
         stored = pl.concat([ex.history(s, "1m").tail(250).head(200) for s in SYMS])
@@ -88,6 +88,7 @@ async def test_a_database_busy_at_start_is_loaded_later_and_the_indicators_rewri
         async with running(p):
             await wait_for(lambda: closed_through(p, SYMS, began - began % MINUTE), what="REST's candles")
             assert not p.history_loaded and p.state.candles("BTCUSDT").height < 50
+            assert p.writer.status().written_rows == 0  # what it computed without the history waits
             holder.release()
             await wait_for(lambda: p.history_loaded, what="the late history load")
             await wait_for(lambda: closed_through(p, SYMS, began - began % MINUTE + 2 * MINUTE),
