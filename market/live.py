@@ -70,10 +70,21 @@ class LiveState:
         with fewer than WARMUP candles before them (their window is cut) unless the
         symbol is in ``whole`` (``history`` reaches back to its first stored candle).
         """
-        self._merge(history)
+        history = history.filter(pl.col("interval") == self.interval).select(list(KLINE_SCHEMA))
         marks = since.group_by("symbol").agg(pl.col("open_time").min().alias("_since"))
+        # over everything known, before _merge trims the state to `keep` rows a symbol
+        # (a deep spool would otherwise lose the rows its oldest candles need)
+        full = (
+            pl.concat([self.closed.select(list(KLINE_SCHEMA)), history])
+            .join(marks, on="symbol", how="semi")
+            .unique(KEY, keep="last", maintain_order=True)
+        )
+        self._merge(history)
+        if full.height == 0:
+            return empty(INDICATOR_SCHEMA)
         return (
-            self.closed.with_columns(_i=pl.int_range(pl.len()).over("symbol"))
+            add_signal(add_indicators(full))  # sorted by symbol, open_time
+            .with_columns(_i=pl.int_range(pl.len()).over("symbol"))
             .join(marks, on="symbol")
             .filter(pl.col("open_time") >= pl.col("_since"),
                     (pl.col("_i") >= WARMUP) | pl.col("symbol").is_in(list(whole)))

@@ -150,6 +150,28 @@ def test_a_gap_filled_later_gives_talib_indicators():
     talib_check(state, "BTCUSDT", hist["close"].to_numpy())
 
 
+def test_load_returns_talib_rows_from_since_even_past_keep():
+    """Stored candles the state lacked (a deep spool behind a whole database): every row
+    from ``since`` on comes back equal to TA-Lib over all of them, though the state
+    keeps only 600; a database tail cut at ``keep`` gives no row with a cut window."""
+    hist = random_klines(["BTCUSDT"], 1400, seed=9)
+    closes = hist["close"].to_numpy()
+    want = talib_indicators(closes)
+    spool = hist[600:]
+    state = LiveState(["BTCUSDT"], keep=600)
+    state.seed(hist[:600])
+    rows = state.load(spool, spool.select("symbol", "open_time"), whole=["BTCUSDT"])
+    assert rows.height == 800 and rows["open_time"].to_list() == spool["open_time"].to_list()
+    for name in ("rsi", "stoch_k", "stoch_d"):
+        np.testing.assert_allclose(rows[name].to_numpy(), want[name][600:], rtol=0, atol=1e-9)
+    assert rows["signal"].to_list() == want["signal"][600:]
+    assert state.closed.height == 600 and state.last_closed("BTCUSDT") == t(1399)
+    # not whole: the first WARMUP rows of what the state knows have a cut window
+    cut = LiveState(["BTCUSDT"], keep=600)
+    rows = cut.load(hist[:1000], hist[300:].select("symbol", "open_time"))
+    assert rows["open_time"].min() == hist["open_time"][500] and rows.height == 500
+
+
 # --------------------------------------------------------------------------- bookkeeping
 
 
