@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None, today: dt.date | None = None) -> int:
     rows = sum(r.rows for r in reports)
     seconds = time.perf_counter() - started
     print(f"{len(reports) - refused} files loaded ({rows:,} rows, {sum(r.replaced for r in reports):,} replaced), "
-          f"{refused} refused, {n_missing} missing at the site, in {seconds:.1f} s into {args.db}")
+          f"{refused} refused, " + (f"{n_missing} missing at the site, " if args.download else "")
+          + f"in {seconds:.1f} s into {args.db}")
     return 1 if refused or result.failed_series else 0
 
 
