@@ -8,7 +8,9 @@
    closes) and reports rows/s, next to a plain ``INSERT ... SELECT`` of the same
    batch on an already-open connection (the floor: no open/close, no dedupe).
 3. Bytes per candle on disk: after the bulk load, and after 1,000 minute-sized
-   flushes of 50 rows each (what the live app does once a minute per symbol).
+   flushes of 50 rows each (what the live app does once a minute per symbol),
+   with realistic tick-rounded prices, against a bulk load of the same rows,
+   with the writer's compaction (the default) and without.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import store  # noqa: E402
+from benchmarks.bigstore import specs, symbol_frame  # noqa: E402
 from market.schema import KLINE_SCHEMA  # noqa: E402
 
 SYMBOLS = [f"SYM{i:02d}USDT" for i in range(50)]
@@ -57,6 +60,15 @@ def candles(n_minutes: int, start: dt.datetime, seed: int) -> pl.DataFrame:
             "taker_buy_quote_volume": rng.uniform(0, 5e5, n),
         }
     ).with_columns(pl.col("open_time", "close_time").cast(pl.Datetime("us"))).cast(KLINE_SCHEMA)
+
+
+def realistic_minutes(n_minutes: int) -> list[pl.DataFrame]:
+    """n_minutes one-minute batches of 50 symbols, prices as benchmarks/bigstore.py rounds them."""
+    start = dt.datetime(2021, 1, 1)
+    t0 = int(start.replace(tzinfo=dt.UTC).timestamp()) * 1_000_000
+    factor = np.random.default_rng(0).standard_normal(n_minutes)
+    rows = pl.concat([symbol_frame(s, factor, t0, 0, []) for s in specs(len(SYMBOLS))])
+    return rows.sort("open_time", "symbol").partition_by("open_time", maintain_order=True)
 
 
 def file_bytes(path: Path) -> int:
@@ -120,15 +132,28 @@ def main() -> None:
         floor_rps = size / float(np.median(ftimes))
         results.append((size, writer_rps, float(np.median(times)) * 1000, floor_rps))
 
-    # Live-like: 1,000 flushes of one minute for 50 symbols into a fresh file
-    live_db = tmp / "live.duckdb"
-    lw = store.Writer(live_db)
-    t = time.perf_counter()
-    for m in range(1000):
-        lw.add_klines(candles(1, start + dt.timedelta(minutes=m), m))
-        lw.flush(force=True)
-    live_s = time.perf_counter() - t
-    live_bpr = file_bytes(live_db) / (1000 * len(SYMBOLS))
+    # Live-like: 1,000 flushes of one minute for 50 symbols into a fresh file, with
+    # realistic prices (tick- and lot-rounded, as benchmarks/bigstore.py makes them),
+    # against a bulk load of the same rows; with the writer's compaction and without.
+    real = realistic_minutes(1000)
+    bulk_db = tmp / "bulk_same_rows.duckdb"
+    bw = store.Writer(bulk_db)
+    bw.add_klines(pl.concat(real))
+    bw.flush()
+    same_bpr = file_bytes(bulk_db) / (1000 * len(SYMBOLS))
+    live = {}
+    for label, every in (("compaction off", 0), ("compaction on (default)", None)):
+        live_db = tmp / f"live-{every}.duckdb"
+        lw = store.Writer(live_db) if every is None else store.Writer(live_db, compact_every=every)
+        t = time.perf_counter()
+        samples = []  # mid-way between the writer's checks, once the file is past a few blocks
+        for m, frame in enumerate(real):
+            lw.add_klines(frame)
+            lw.flush(force=True)
+            if m + 1 >= 250 and (m + 1) % 50 == 25:
+                samples.append(file_bytes(live_db) / ((m + 1) * len(SYMBOLS)))
+        live[label] = (file_bytes(live_db) / (1000 * len(SYMBOLS)), float(np.median(samples)), max(samples),
+                       (time.perf_counter() - t) / 1000 * 1000, lw.compactions)
     dup = store.query("SELECT count(*) - count(DISTINCT (symbol, interval, open_time)) AS d FROM klines", db=db)["d"][0]
 
     print()
@@ -140,8 +165,15 @@ def main() -> None:
     for size, rps, ms, floor in results:
         print(f"| {size:,} rows | {rps:,.0f} rows/s | {ms:.0f} | {floor:,.0f} rows/s | {rps / floor:.2f} |")
     print()
-    print(f"bytes per candle: bulk {bulk_bpr:.1f}; after 1,000 live flushes of 50 rows {live_bpr:.1f} "
-          f"({live_s / 1000 * 1000:.0f} ms per flush)")
+    print(f"bytes per candle: bulk load of {base_rows:,} random-price rows {bulk_bpr:.1f}")
+    print()
+    print("1,000 flushes of one minute x 50 symbols (realistic tick/lot-rounded prices), fresh file:")
+    print()
+    print("| writer | bytes/candle after 1,000 | median / max from flush 275 on (every 50) | median vs bulk | ms/flush | compactions |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| bulk load of the same rows, one flush | {same_bpr:.1f} | | 1.00 | | |")
+    for label, (bpr, med, worst, ms, n) in live.items():
+        print(f"| {label} | {bpr:.1f} | {med:.1f} / {worst:.1f} | {med / same_bpr:.2f} | {ms:.0f} | {n} |")
     print(f"duplicate keys after the run: {dup}")
 
 

@@ -71,8 +71,8 @@ class Writer:
         retry_base: float = 0.1,
         retry_cap: float = 2.0,
         market: str | None = None,
-        compact_every: int = 100,
-        compact_free_ratio: float = 0.2,
+        compact_every: int = 50,
+        compact_free_ratio: float = 0.1,
         compact_max_bytes: int = 512 * 2**20,
     ) -> None:
         self.path = resolve_db(db)
@@ -393,7 +393,10 @@ class Writer:
         if not g.try_write():
             return False  # being read in this process: next time
         try:
-            con = open_file(self.path, read_only=False)
+            try:
+                con = open_file(self.path, read_only=False)
+            except StoreLocked:
+                return False  # another process is reading: next time
             fresh = self.path.with_name(self.path.name + ".compact")
             try:
                 total, free, block = con.execute(
