@@ -80,9 +80,12 @@ class PipelineStatus:
     feed: FeedStatus
     store: WriterStatus
     started: bool
+    history_loaded: bool = True
 
     def describe(self) -> str:
         text = self.feed.describe()
+        if self.started and not self.history_loaded:
+            text += "; stored history not loaded yet (the database is busy): nothing is written until it is"
         if self.store.pending_rows and self.store.last_error:
             text += f"; {self.store.pending_rows:,} rows waiting for the database ({self.store.last_error})"
         return text
@@ -109,7 +112,7 @@ class Pipeline:
         self.history_loaded = False
 
     def status(self) -> PipelineStatus:
-        return PipelineStatus(self.feed.status(), self.writer.status(), self.started.is_set())
+        return PipelineStatus(self.feed.status(), self.writer.status(), self.started.is_set(), self.history_loaded)
 
     async def run(self) -> None:
         try:

@@ -89,6 +89,7 @@ async def test_a_database_busy_at_start_is_loaded_later_and_the_indicators_rewri
             await wait_for(lambda: closed_through(p, SYMS, began - began % MINUTE), what="REST's candles")
             assert not p.history_loaded and p.state.candles("BTCUSDT").height < 50
             assert p.writer.status().written_rows == 0  # what it computed without the history waits
+            assert "stored history not loaded yet" in p.status().describe()
             holder.release()
             await wait_for(lambda: p.history_loaded, what="the late history load")
             await wait_for(lambda: closed_through(p, SYMS, began - began % MINUTE + 2 * MINUTE),
