@@ -1,11 +1,14 @@
-"""The all-symbols overview: a heatmap of tiles and the signal table.
+"""The all-symbols heatmap: tiles on a fixed grid, or sized by 24h quote volume.
 
-The heatmap is a plain Bokeh figure, not HoloViews: a tile grid redrawn through
-HoloViews costs ~33 ms per update per session, a ``ColumnDataSource.patch`` of the
-same 50 values ~1 ms. Tiles sit on a fixed grid in the order the symbols were given,
-so a tile never moves while values change; ``update`` patches colours and labels in
-place. Build one ``Heatmap`` per browser session (a Bokeh model lives in one
-document) and show ``heatmap.figure`` with ``pn.pane.Bokeh``.
+A plain Bokeh figure, not HoloViews: a tile grid redrawn through HoloViews costs
+~33 ms per update per session, a ``ColumnDataSource.patch`` of the same 50 values
+~1 ms. On the grid (``layout="grid"``) tiles sit in the order the symbols were
+given and never move; as a treemap (``layout="volume"``, squarified in Python by
+dashboard/treemap.py) their areas follow 24h quote volume, recomputed on update
+and patched only when a tile moved. Labels shrink to fit their tile (and vanish
+on tiles too small for 7 px text). Build one ``Heatmap`` per browser session (a
+Bokeh model lives in one document) and show ``heatmap.figure`` with ``pn.pane.Bokeh``.
+The signal table lives in dashboard/table.py (re-exported here).
 """
 
 from __future__ import annotations
@@ -17,26 +20,34 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 import polars as pl
-from bokeh.models import (
-    CategoricalColorMapper, ColorBar, ColumnDataSource, HoverTool, LinearColorMapper,
-    NumberFormatter, StringFormatter, TapTool,
-)
+from bokeh.models import ColorBar, ColumnDataSource, HoverTool, LinearColorMapper, TapTool
 from bokeh.plotting import figure
-from bokeh.transform import transform
+
+from dashboard import treemap
+from dashboard.table import (  # noqa: F401  (re-exported: the table used to live here)
+    SIGNAL_COLORS, TABLE_COLUMNS, signal_table, signal_table_frame,
+)
+from dashboard.theme import GREEN, MISSING, NEUTRAL, RED, SELECTED, TEXT  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-#: Saturated ends and a mid grey: white text reads on all of them, and the grey
-#: stands out from both a white and a near-black page.
-GREEN = "#089981"
-RED = "#f23645"
-NEUTRAL = "#5d6673"
-MISSING = "#9aa0a6"
-TEXT = "#ffffff"
-SELECTED = "#ffb300"
-
 #: Heatmap modes: the column each reads and how a value is labelled.
 MODES = {"change": "price_change_pct", "rsi": "rsi"}
+#: Tile layouts: a fixed grid, or areas by 24h quote volume (a treemap).
+LAYOUTS = ("grid", "volume")
+#: Width assumed for the figure when sizing labels (the page stretches it; at 1366 px
+#: wide it gets ~700-1000 px, so labels sized for 640 px fit on every screen we test).
+ASSUMED_WIDTH = 640
+NAME_PX, LABEL_PX = 13.0, 11.0
+
+
+def short_name(symbol: str) -> str:
+    """Tile name: quote asset dropped, Binance's 1000x contracts abbreviated (1000SHIBUSDT -> 1kSHIB)."""
+    name = symbol.removesuffix("USDT") or symbol
+    for prefix, short in (("1000000", "1M"), ("1000", "1k")):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return short + name[len(prefix):]
+    return name
 
 
 def _mix(a: str, b: str, t: float) -> str:
@@ -84,64 +95,68 @@ def tile_labels(values: np.ndarray, mode: str) -> list[str]:
 
 
 class Heatmap:
-    """Fixed grid of symbol tiles coloured by 24h change or RSI, patched in place.
+    """Symbol tiles coloured by 24h change or RSI, on a grid or sized by volume, patched in place.
 
-    ``symbols`` fixes the grid (row by row, ``columns`` wide); ``on_select``
-    callbacks receive the symbol of a clicked tile (server only: it needs the
-    Python side of the Bokeh document).
+    ``symbols`` fixes each tile's row in the source (and, on the grid, its cell,
+    row by row, ``columns`` wide); ``on_select`` callbacks receive the symbol of a
+    clicked tile (server only: it needs the Python side of the Bokeh document).
     """
 
     def __init__(self, symbols: Sequence[str], columns: int = 10, *, height: int = 300,
-                 change_limit: float = 5.0, mode: str = "change") -> None:
+                 change_limit: float = 5.0, mode: str = "change", layout: str = "grid") -> None:
         if not symbols or len(set(symbols)) != len(symbols):
             raise ValueError("symbols must be a non-empty list without duplicates")
         if mode not in MODES:
             raise ValueError(f"unknown heatmap mode {mode!r}; use one of {list(MODES)}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown heatmap layout {layout!r}; use one of {list(LAYOUTS)}")
         self.symbols = list(symbols)
         self.mode = mode
+        self.layout = layout
         self.change_limit = change_limit
         self.skipped = 0  # rows for symbols not on the grid, counted not drawn
         self._row = {s: i for i, s in enumerate(self.symbols)}
         self._values = {c: np.full(len(symbols), np.nan) for c in
-                        ("price_change_pct", "rsi", "last_price")}
+                        ("price_change_pct", "rsi", "last_price", "quote_volume")}
         self._callbacks: list[Callable[[str], None]] = []
         self._silent = False
 
-        n, rows = len(symbols), math.ceil(len(symbols) / columns)
-        x = [i % columns for i in range(n)]
-        y = [rows - 1 - i // columns for i in range(n)]  # first symbol top left
+        n = len(symbols)
+        self.columns, self.rows = columns, math.ceil(n / columns)
+        self._box = (-0.5, -0.5, columns - 0.5, self.rows - 0.5)
+        # pixels per data unit, for label sizes: the height is fixed, the width assumed
+        self._px = (ASSUMED_WIDTH / columns, height / self.rows)
+        names = [short_name(s) for s in self.symbols]
         self.source = ColumnDataSource({
-            "symbol": self.symbols,
-            "name": [s.removesuffix("USDT") or s for s in self.symbols],
-            "x": x, "y": y,
-            "name_y": [v + 0.14 for v in y], "label_y": [v - 0.2 for v in y],
+            "symbol": self.symbols, "name": names,
+            **self._geometry(self._rects(), names, ["—"] * n),
             "color": [MISSING] * n, "label": ["—"] * n,
-            "change": [np.nan] * n, "rsi": [np.nan] * n, "price": [np.nan] * n,
+            "change": [np.nan] * n, "rsi": [np.nan] * n, "price": [np.nan] * n, "volume": [np.nan] * n,
         })
         fig = figure(
-            x_range=(-0.5, columns - 0.5), y_range=(-0.5, rows - 0.5), height=height,
+            x_range=(self._box[0], self._box[2]), y_range=(self._box[1], self._box[3]), height=height,
             sizing_mode="stretch_width", toolbar_location=None, tools="",
             min_border=0, background_fill_alpha=0, border_fill_alpha=0,
             outline_line_color=None,
         )
         fig.axis.visible = False
         fig.grid.visible = False
-        tiles = fig.rect(
-            "x", "y", width=0.96, height=0.92, source=self.source, fill_color="color",
-            line_color=None, nonselection_fill_alpha=1.0, nonselection_line_color=None,
-            selection_fill_color="color", selection_line_color=SELECTED,
-            selection_line_width=3,
+        tiles = fig.quad(
+            left="left", right="right", bottom="bottom", top="top", source=self.source,
+            fill_color="color", line_color=None, nonselection_fill_alpha=1.0,
+            nonselection_line_color=None, selection_fill_color="color",
+            selection_line_color=SELECTED, selection_line_width=3,
         )
-        for col, ycol, size, style in (("name", "name_y", "13px", "bold"),
-                                       ("label", "label_y", "11px", "normal")):
+        for col, ycol, size, style in (("name", "name_y", "name_size", "bold"),
+                                       ("label", "label_y", "label_size", "normal")):
             fig.text("x", ycol, text=col, source=self.source, text_color=TEXT,
-                     text_align="center", text_baseline="middle", text_font_size=size,
+                     text_align="center", text_baseline="middle", text_font_size={"field": size},
                      text_font_style=style, nonselection_text_alpha=1.0)
         fig.add_tools(
             TapTool(renderers=[tiles], mode="replace"),
             HoverTool(renderers=[tiles], tooltips=[
                 ("", "@symbol"), ("Price", "@price{0,0.[00000000]}"),
-                ("24h", "@change{+0.00}%"), ("RSI", "@rsi{0.0}")]),
+                ("24h", "@change{+0.00}%"), ("RSI", "@rsi{0.0}"), ("24h vol", "@volume{0.0a}")]),
         )
         self._mapper = LinearColorMapper()
         self._bar = ColorBar(color_mapper=self._mapper, location=(0, 0), width=10,
@@ -151,6 +166,43 @@ class Heatmap:
         self._set_scale()
         self.source.selected.on_change("indices", self._on_indices)
         self.figure = fig
+
+    # -- geometry -------------------------------------------------------------------
+    def _rects(self) -> list[treemap.Rect]:
+        if self.layout == "grid":
+            return treemap.grid(len(self.symbols), self.columns)
+        # squarify in pixels (tiles look square on screen), then back to data units
+        sx, sy = self._px
+        l, b, r, t = self._box
+        rects = treemap.squarify(self._values["quote_volume"].tolist(), (0, 0, (r - l) * sx, (t - b) * sy))
+        return [(l + x0 / sx, b + y0 / sy, l + x1 / sx, b + y1 / sy) for x0, y0, x1, y1 in rects]
+
+    def _geometry(self, rects: list[treemap.Rect], names: list[str], labels: list[str]) -> dict[str, list]:
+        """Tile edges (a small gap inside each), text positions and sizes that fit."""
+        gap_x, gap_y = 2 / self._px[0], 2 / self._px[1]
+        inner = [(l + gap_x, b + gap_y, r - gap_x, t - gap_y) for l, b, r, t in rects]
+        name_px = treemap.label_sizes(inner, names, *self._px, NAME_PX)
+        label_px = treemap.label_sizes(inner, labels, *self._px, LABEL_PX, char_width=0.56)
+        label_px = [lp if np_ else 0.0 for lp, np_ in zip(label_px, name_px)]  # no value without a name
+        mid_y = [(b + t) / 2 for _, b, _, t in inner]
+        # name above the middle and value below, spaced by the name's size (in data units)
+        up = [(sz * 0.6) / self._px[1] if lsz else 0.0 for sz, lsz in zip(name_px, label_px)]
+        down = [(lsz * 0.75) / self._px[1] for lsz in label_px]
+        return {
+            "left": [r[0] for r in inner], "right": [r[2] for r in inner],
+            "bottom": [r[1] for r in inner], "top": [r[3] for r in inner],
+            "x": [(l + r) / 2 for l, _, r, _ in inner], "y": mid_y,
+            "name_y": [m + u for m, u in zip(mid_y, up)], "label_y": [m - d for m, d in zip(mid_y, down)],
+            "name_size": [f"{v:g}px" for v in name_px], "label_size": [f"{v:g}px" for v in label_px],
+        }
+
+    def set_layout(self, layout: str) -> None:
+        """Switch between the fixed grid and tiles sized by 24h quote volume."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown heatmap layout {layout!r}; use one of {list(LAYOUTS)}")
+        if layout != self.layout:
+            self.layout = layout
+            self.update()
 
     def _set_scale(self) -> None:
         if self.mode == "change":
@@ -166,8 +218,9 @@ class Heatmap:
         """Take new values per symbol and/or switch mode; patch the tiles in place.
 
         ``values`` has ``symbol`` and any of ``price_change_pct``, ``rsi``,
-        ``last_price`` (a tickers frame with indicators). Symbols absent from it keep
-        their last values; symbols not on the grid are counted in ``skipped``.
+        ``last_price``, ``quote_volume`` (a tickers frame with indicators). Symbols
+        absent from it keep their last values; symbols not on the grid are counted
+        in ``skipped``.
         """
         if mode is not None and mode != self.mode:
             if mode not in MODES:
@@ -190,13 +243,18 @@ class Heatmap:
                     store[idx] = new[known]
         shown = self._values[MODES[self.mode]]
         n = len(self.symbols)
-        self.source.patch({
-            "color": [(slice(0, n), tile_colors(shown, self.mode, self.change_limit))],
-            "label": [(slice(0, n), tile_labels(shown, self.mode))],
-            "change": [(slice(0, n), self._values["price_change_pct"].tolist())],
-            "rsi": [(slice(0, n), self._values["rsi"].tolist())],
-            "price": [(slice(0, n), self._values["last_price"].tolist())],
-        })
+        labels = tile_labels(shown, self.mode)
+        patch = {
+            "color": tile_colors(shown, self.mode, self.change_limit), "label": labels,
+            "change": self._values["price_change_pct"].tolist(), "rsi": self._values["rsi"].tolist(),
+            "price": self._values["last_price"].tolist(), "volume": self._values["quote_volume"].tolist(),
+        }
+        geometry = self._geometry(self._rects(), list(self.source.data["name"]), labels)
+        for col, new in geometry.items():  # only what moved or resized: usually nothing
+            old = self.source.data[col]
+            if any(a != b for a, b in zip(old, new)):
+                patch[col] = new
+        self.source.patch({col: [(slice(0, n), v)] for col, v in patch.items()})
 
     def on_select(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(symbol)`` when the user clicks a tile."""
@@ -216,90 +274,3 @@ class Heatmap:
         symbol = self.symbols[new[0]]
         for callback in self._callbacks:
             callback(symbol)
-
-
-# --- signal table -------------------------------------------------------------------
-
-#: Signal text colours (market.indicators.SIGNALS): bullish green, bearish red; none grey.
-SIGNAL_COLORS = {"cross_up": GREEN, "oversold": GREEN, "cross_down": RED, "overbought": RED}
-
-TABLE_COLUMNS = ("symbol", "price", "change_pct", "quote_volume", "rsi", "stoch_k",
-                 "stoch_d", "signal")
-
-
-def signal_table_frame(tickers: pl.DataFrame | pd.DataFrame,
-                       order: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per symbol for :func:`signal_table`, from tickers with indicators.
-
-    ``tickers`` has market.schema.TICKER_SCHEMA columns plus ``rsi``, ``stoch_k``,
-    ``stoch_d``, ``signal`` (any may be missing or null). With ``order`` the rows
-    follow it, one per symbol, so the frame's index is stable between updates (what
-    ``Tabulator.patch`` relies on); otherwise they keep the input order.
-    """
-    frame = tickers if isinstance(tickers, pl.DataFrame) else pl.from_pandas(tickers)
-    if "symbol" not in frame.columns:
-        raise ValueError("tickers need a 'symbol' column")
-
-    def num(col: str) -> pl.Expr:
-        return (pl.col(col).cast(pl.Float64) if col in frame.columns
-                else pl.lit(None, pl.Float64).alias(col))
-
-    out = frame.select(
-        pl.col("symbol").cast(pl.String),
-        num("last_price").alias("price"), num("price_change_pct").alias("change_pct"),
-        num("quote_volume"), num("rsi"), num("stoch_k"), num("stoch_d"),
-        (pl.col("signal").cast(pl.String) if "signal" in frame.columns
-         else pl.lit(None, pl.String)).fill_null("").alias("signal"),
-    )
-    if order is not None:
-        out = (pl.DataFrame({"symbol": list(order)}, schema={"symbol": pl.String})
-               .join(out.unique("symbol", keep="last"), on="symbol", how="left")
-               .with_columns(pl.col("signal").fill_null("")))
-    df = out.to_pandas()
-    for col in ("symbol", "signal"):  # plain objects: Panel's filters test dtype.kind
-        df[col] = df[col].astype(object)
-    return df
-
-
-def signal_table(df: pd.DataFrame, *, height: int = 420):
-    """A sortable, filterable Panel Tabulator of :func:`signal_table_frame` rows.
-
-    Update it in place with ``table.patch(new_frame)`` (same index, from
-    ``signal_table_frame(..., order=symbols)``): Panel sends only the cells when no
-    sort or filter is active and falls back to a full refresh when one is; in both
-    cases, as with ``table.value = new_frame``, the user's sorters (synced back to
-    Python) and header filters (applied in the browser) stay.
-    """
-    import panel as pn  # only the table needs Panel; the charts are Bokeh/HoloViews
-
-    split = LinearColorMapper(palette=[RED, MISSING, GREEN], low=-1e-9, high=1e-9)
-    signals = CategoricalColorMapper(factors=list(SIGNAL_COLORS),
-                                     palette=list(SIGNAL_COLORS.values()), nan_color=MISSING)
-    number = NumberFormatter(format="0,0.[00000000]")
-    osc = NumberFormatter(format="0.0")
-    return pn.widgets.Tabulator(
-        df, show_index=False, disabled=True, selectable=1, height=height,
-        sizing_mode="stretch_width", layout="fit_columns", frozen_columns=["symbol"],
-        titles={"symbol": "Symbol", "price": "Last", "change_pct": "24h %",
-                "quote_volume": "Quote vol", "rsi": "RSI", "stoch_k": "K", "stoch_d": "D",
-                "signal": "Signal"},
-        formatters={
-            "price": number,
-            "change_pct": NumberFormatter(format="+0.00", text_color=transform(
-                "change_pct", split), font_style="bold"),
-            "quote_volume": NumberFormatter(format="0.00a"),
-            "rsi": osc, "stoch_k": osc, "stoch_d": osc,
-            "signal": StringFormatter(text_color=transform("signal", signals),
-                                      font_style="bold"),
-        },
-        header_filters={
-            "symbol": {"type": "input", "func": "like", "placeholder": "filter"},
-            "change_pct": {"type": "number", "func": ">=", "placeholder": "≥"},
-            "quote_volume": {"type": "number", "func": ">=", "placeholder": "≥"},
-            "rsi": {"type": "number", "func": ">=", "placeholder": "≥"},
-            "signal": {"type": "list", "valuesLookup": True, "func": "in",
-                       "multiselect": True},
-        },
-        text_align={c: "right" for c in TABLE_COLUMNS[1:-1]},
-        sorters=[{"field": "quote_volume", "dir": "desc"}],
-    )

@@ -72,6 +72,7 @@ class SharedFeed:
         self.pipeline = Pipeline(ingest, writer=store.Writer(self.db, market=self.market))
         self.task: asyncio.Task | None = None
         self._stopping = False
+        self._decimals: dict[str, int] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self._sessions: set[str] = set()
         self._lock = threading.Lock()
@@ -192,6 +193,18 @@ class SharedFeed:
             self._snapshot_key = (self.state.version, now)
         return self._snapshot
 
+
+    def price_decimals(self) -> dict[str, int]:
+        """Per symbol with candles in memory: the decimals its prices are quoted with (its tick)."""
+        from dashboard.table import price_decimals
+
+        missing = [s for s in self.config.symbols if s not in self._decimals]
+        for symbol in missing:
+            recent = self.state.candles(symbol).tail(200)
+            if recent.height:
+                values = [v for c in ("open", "high", "low", "close") for v in recent[c].to_list()]
+                self._decimals[symbol] = price_decimals(values)
+        return dict(self._decimals)
 
     def started_words(self) -> str:
         """When recording began and why, for the page."""

@@ -17,8 +17,10 @@ import param
 import polars as pl
 
 from dashboard.chart_panel import ChartPanel
-from dashboard.heatmap import Heatmap, signal_table, signal_table_frame
+from dashboard.heatmap import Heatmap
 from dashboard.live import SharedFeed
+from dashboard.table import price_formatter, signal_table, signal_table_frame, table_decimals
+from dashboard.theme import session_theme
 
 log = logging.getLogger("dashboard.view")
 
@@ -34,6 +36,8 @@ class Dashboard(pn.viewable.Viewer):
 
     symbol = param.Selector(doc="Symbol shown in the main chart.")
     color_by = param.Selector(default="24h change %", objects=list(COLOR_BY), doc="What the heatmap colours show.")
+    size_by_volume = param.Boolean(False, label="Tile size by 24h volume",
+                                   doc="Heatmap tiles sized by 24h quote volume (a treemap) instead of a grid.")
 
     def __init__(self, feed: SharedFeed, **params) -> None:
         symbols = list(feed.config.symbols)
@@ -51,12 +55,16 @@ class Dashboard(pn.viewable.Viewer):
         self._chart = ChartPanel(feed, self.symbol)
         self._heatmap = Heatmap(symbols)
         self._heatmap.on_select(self._select)
-        self._table = signal_table(signal_table_frame(_table_input(self.feed.snapshot()), order=symbols))
+        self._theme = session_theme()
+        self._decimals = feed.price_decimals()
+        self._table = signal_table(signal_table_frame(_table_input(self.feed.snapshot()), order=symbols),
+                                   decimals=self._decimals, theme=self._theme)
         self._table.on_click(self._table_click)
         self._snapshot_seen: object = None
         self._table_at = 0.0  # time.monotonic() of the last table update
         self.param.watch(self._build, ["symbol"])
         self.param.watch(lambda *_: self._refresh_heatmap(force=True), ["color_by"])
+        self.param.watch(lambda e: self._heatmap.set_layout("volume" if e.new else "grid"), ["size_by_volume"])
         self._callback = pn.state.add_periodic_callback(self._tick, period=feed.config.refresh_ms)
         feed.session_opened(str(self.session_id))
         if pn.state.curdoc is not None:
@@ -124,7 +132,13 @@ class Dashboard(pn.viewable.Viewer):
         # through pandas .loc (~400 cells: 30-90 ms per tick per session, measured), while a
         # new value costs ~5 ms and sends ~4 KB. The user's sorters and header filters stay;
         # with a sorter active (the default) the browser rebuilds the rows either way.
-        self._table.value = signal_table_frame(snap, order=self.param.symbol.objects)
+        frame = signal_table_frame(snap, order=self.param.symbol.objects)
+        if len(self._decimals) < len(self.param.symbol.objects):  # prices of more symbols seen since
+            decimals = table_decimals(frame, self.feed.price_decimals())
+            if decimals != self._decimals:
+                self._decimals = decimals
+                self._table.formatters = {**self._table.formatters, "price": price_formatter(decimals)}
+        self._table.value = frame
 
     def _status_html(self) -> str:
         st = self.feed.status()
@@ -152,14 +166,19 @@ class Dashboard(pn.viewable.Viewer):
         template = pn.template.BootstrapTemplate(
             title="Crypto market explorer",
             sidebar=[widgets, pn.pane.Markdown(_HELP, sizing_mode="stretch_width"), self._started],
-            header=[self._status],
+            header=[pn.Row(self._status, pn.pane.HTML(_NAV, css_classes=["page-nav"], margin=(5, 10)),
+                           sizing_mode="stretch_width")],
             main=[
                 pn.Column(self._progress, self._chart, sizing_mode="stretch_width"),
-                pn.Row(
-                    pn.Column("### Heatmap", pn.pane.Bokeh(self._heatmap.figure, sizing_mode="stretch_width"),
-                              sizing_mode="stretch_width"),
-                    pn.Column("### Signals", self._table, sizing_mode="stretch_width"),
-                    sizing_mode="stretch_width",
+                # side by side when both get >= 560 px (1920 px screens), stacked at 1366 px
+                pn.FlexBox(
+                    pn.Column(pn.Row("### Heatmap", pn.widgets.Checkbox.from_param(
+                                  self.param.size_by_volume, margin=(22, 10, 0, 20)), sizing_mode="stretch_width"),
+                              pn.pane.Bokeh(self._heatmap.figure, sizing_mode="stretch_width"),
+                              sizing_mode="stretch_width", styles={"flex": "1 1 560px", "min-width": "0"}),
+                    pn.Column("### Signals", self._table, sizing_mode="stretch_width",
+                              styles={"flex": "1 1 560px", "min-width": "0"}),
+                    flex_wrap="wrap", sizing_mode="stretch_width",
                 ),
             ],
             sidebar_width=310,  # room for the six timeframe buttons on one line
@@ -176,6 +195,12 @@ def _table_input(snap: pl.DataFrame) -> pl.DataFrame:
         *([pl.lit(None, pl.String).alias("signal")] if "signal" not in snap.columns else []),
     )
 
+
+#: Page tabs: the data explorer (dashboard/explorer.py, ``?page=data``; the dashboard
+#: until it exists) and this page.
+_NAV = ('<nav style="white-space:nowrap;font-size:14px">'
+        '<a href="?page=live" style="color:white;font-weight:bold;margin-right:14px">Live</a>'
+        '<a href="?page=data" style="color:#c8cdd6">Data</a></nav>')
 
 _HELP = """
 Click a heatmap tile or a table row to chart that symbol. Timeframes above 1m

@@ -195,11 +195,21 @@ def test_sigterm_writes_the_candles_closed_since_the_last_flush(tmp_path):
     (lambda p: p.mkdir() or p, "is a folder"),
     (lambda p: (p.write_text("not a database " * 10), p)[1], "is not a DuckDB database"),
 ])
+def exit_code(server: ServeProcess, timeout: float = 120) -> int:
+    """The exit code of a server expected to stop by itself (killed if it does not)."""
+    try:
+        return server.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait(10)
+        raise AssertionError(f"the server kept running:\n{server.output()[-3000:]}") from None
+
+
 def test_an_unusable_database_stops_the_start_with_one_line(tmp_path, make, words):
     bad = make(tmp_path / "bad.duckdb")
     server = serve_app(["--demo", "--db", str(bad), "--symbols", "BTCUSDT"], tmp_path / "serve.log",
                        serve_args=WARM)
-    code = server.proc.wait(120)
+    code = exit_code(server)
     out = server.output()
     assert code == 2, out[-3000:]
     assert f"error: {bad} {words}" in out and "Traceback" not in out, out[-3000:]
@@ -209,6 +219,6 @@ def test_a_demo_database_is_not_mixed_into_a_real_one(tmp_path):
     real = store.prepare(tmp_path / "real.duckdb", "binance-futures")
     server = serve_app(["--demo", "--db", str(real), "--symbols", "BTCUSDT"], tmp_path / "serve.log",
                        serve_args=WARM)
-    code = server.proc.wait(120)
+    code = exit_code(server)
     out = server.output()
     assert code == 2 and "binance-futures" in out and "Traceback" not in out, out[-3000:]
