@@ -37,15 +37,17 @@ _EPOCH = dt.datetime(1970, 1, 1)
 def unindexed(symbols: Sequence[str], interval: str, *, db: Db = None) -> dict[str, int]:
     """Per symbol: the open time (ms) of its first stored candle without an indicator row.
 
-    A count per series first (two aggregates); only series whose klines and
-    indicators counts differ are searched for the first candle lacking a row.
+    A count per series first (two plain aggregates, ~1 s each on a year of 50
+    symbols; ``count(DISTINCT open_time)`` took 52 s there); only series whose
+    klines and indicators counts differ are searched for the first candle lacking
+    a row (an anti-join over those series alone).
     """
     if not symbols or not resolve_db(db).exists():
         return {}
     where = "WHERE interval = ? AND symbol IN (SELECT unnest(?::VARCHAR[]))"
     counts = query(
         f"""SELECT k.symbol FROM (SELECT symbol, count(*) AS n FROM klines {where} GROUP BY symbol) k
-            LEFT JOIN (SELECT symbol, count(DISTINCT open_time) AS n FROM indicators {where} GROUP BY symbol) i
+            LEFT JOIN (SELECT symbol, count(*) AS n FROM indicators {where} GROUP BY symbol) i
               USING (symbol)
             WHERE k.n <> coalesce(i.n, 0)""",
         [interval, list(symbols), interval, list(symbols)], db=db)
