@@ -50,8 +50,10 @@ def squarify(values: Sequence[float], box: Rect) -> list[Rect]:
     width, height = right - left, top - bottom
     clean = [v if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else 0.0 for v in values]
     total = sum(clean)
-    floor = MIN_SHARE * total if total > 0 else 1.0
-    weights = [max(v, floor) for v in clean]
+    if total > 0 and math.isfinite(total):  # shares first: no overflow or denormal scale
+        weights = [max(v / total, MIN_SHARE) for v in clean]
+    else:
+        weights = [1.0] * n
     scale = width * height / sum(weights)
     order = sorted(range(n), key=lambda i: (-weights[i], i))
     areas = [weights[i] * scale for i in order]
@@ -93,5 +95,5 @@ def label_sizes(rects: Sequence[Rect], texts: Sequence[str], px_per_x: float, px
     for (l, b, r, t), text in zip(rects, texts):
         w_px, h_px = (r - l) * px_per_x * 0.9, (t - b) * px_per_y
         size = min(largest, w_px / max(1.0, char_width * len(text)), h_px / lines)
-        out.append(round(size, 1) if size >= smallest else 0.0)
+        out.append(math.floor(size * 10) / 10 if size >= smallest else 0.0)  # down: never past the edge
     return out
