@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import signal
 import sys
 
 import pytest
@@ -91,7 +92,7 @@ async def feed_running(config: FeedConfig):
 async def offline_reason(feed: Feed, attempts: int = 2) -> str:
     conn = feed.connections[0]
     await wait_for(lambda: conn.status.reconnects >= attempts and conn.status.state == "offline",
-                   what="the feed to give up as offline")
+                   timeout=120, what="the feed to give up as offline")
     return conn.status.reason
 
 
@@ -169,7 +170,7 @@ async def test_local_exchange_redirect_fault_then_recovery():
             ex.redirect(0)  # the block ends
             conn = feed.connections[0]
             await wait_for(lambda: conn.status.state == "connected" and conn.status.messages > 5,
-                           what="recovery after the redirect ends")
+                           timeout=120, what="recovery after the redirect ends")
             assert feed.status().describe().startswith("live:")
 
 
@@ -183,9 +184,24 @@ async def test_ingest_cli_exits_1_saying_why_and_never_suggests_demo(tmp_path, s
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "store.ingest", "--db", str(tmp_path / "m.duckdb"), "--symbols", "BTCUSDT",
             "--exchange", "binance-futures", "--ws-url", f"ws://{base}/market", "--rest-url", f"http://{base}",
-            "--duration", "3", "--log-every", "1", cwd=ROOT, stderr=asyncio.subprocess.PIPE)
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-    text = err.decode()
+            "--log-every", "0.2", cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+        # no --duration: a loaded box can spend it all starting up. Stop it (SIGTERM, as a user's
+        # Ctrl-C) once a status line said offline; what it says then is what is checked.
+        lines: list[str] = []
+        try:
+            async with asyncio.timeout(120):
+                while not any(f"HTTP {status}" in line and "store.ingest: offline" in line for line in lines):
+                    line = await proc.stderr.readline()
+                    assert line, "".join(lines)  # it exited before saying offline
+                    lines.append(line.decode())
+                proc.send_signal(signal.SIGTERM)
+                lines.append((await proc.stderr.read()).decode())
+                await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = "".join(lines)
     assert proc.returncode == 1, text
     last = text.strip().splitlines()[-1]
     assert last.startswith("python -m store.ingest: error: received nothing in "), last
