@@ -568,3 +568,32 @@ async def test_minutes_missing_at_the_exchange_are_recorded_once(tmp_path):
         found = history.gaps("1m", db=db)
         assert found.select("symbol", "missing", "at_exchange").rows() == [("BTCUSDT", 30, True)]
         check_indicators(db, [("BTCUSDT", "1m")])  # the stale-check refreshed the Writer's candles
+
+
+async def test_candles_held_back_by_a_busy_file_get_their_indicators_on_the_next_run(tmp_path, hold_file):
+    """Another process takes the file mid-run and keeps it: the candles are spooled, their
+    indicators cannot be computed (one plain error, exit 1); the next run writes the spool
+    first and then brings the indicators up to date."""
+    db = tmp_path / "h.duckdb"
+    async with exchange(["BTCUSDT"], history_minutes=3000) as ex:
+        ex.rest_latency(1.0)  # six pages one at a time: the run outlasts the holder's start
+        argv = ["--db", str(db), "--symbols", "BTCUSDT", "--since", iso(floor(ex.now_ms()) - 2900 * MINUTE),
+                "--rest-url", ex.rest_base, "--concurrency", "1", "--no-progress"]
+        b = Backfill(parse_args(argv))
+        task = asyncio.create_task(b.run())
+        await wait_for(lambda: b.result.candles > 0, timeout=60, what="a first page queued")
+        holder = await asyncio.to_thread(hold_file, db)
+        result = await task
+        holder.release()
+        assert result.exit_code == 1 and result.candles >= 2900
+        assert "indicators of 1 series not refreshed" in result.fatal and "run the same command again" in result.fatal
+        assert store.query("SELECT count(*) AS n FROM klines", db=db)["n"][0] < 2900  # the rest is spooled
+        ex.rest_latency(0)
+        b = await run(argv[:-1])
+        assert b.result.exit_code == 0, b.result
+        assert b.result.indicator_series == 1
+        got = stored(db, "BTCUSDT")
+        assert got.height >= 2900
+        assert_frame_equal(got, truth(ex, "BTCUSDT", got["open_time"].dt.epoch("ms").min(),
+                                      got["open_time"].dt.epoch("ms").max() + MINUTE))
+        check_indicators(db, [("BTCUSDT", "1m")])
