@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import store  # noqa: E402
 from benchmarks.bigstore import cached, specs  # noqa: E402
 from market.candles import resample  # noqa: E402
+from market.schema import KLINE_SCHEMA  # noqa: E402
 from store import history  # noqa: E402
 
 
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--db", type=Path, help="a store to query instead of the cached big one")
+    ap.add_argument("--no-before", action="store_true", help="skip the replaced query shapes (slow)")
     args = ap.parse_args()
     db = args.db or cached(args.days, args.symbols)
     cov0 = history.coverage(db=db)
@@ -88,6 +90,27 @@ def main() -> None:
     for n in (500, 2000):
         bench(f"start-up load: recent_klines({len(symbols)} symbols, 1m, {n})",
               lambda n=n: history.recent_klines(symbols, "1m", n, db=db), None)
+
+    # The query shapes these functions replaced, for the before/after ratio in the same run.
+    if not args.no_before:
+        cols = ", ".join(KLINE_SCHEMA)
+        before = [
+            ("before: recent_klines as a window over all rows, 50 x 2000", lambda: store.query(
+                f"""SELECT {cols} FROM klines WHERE interval = ? AND symbol IN (SELECT unnest(?::VARCHAR[]))
+                    QUALIFY row_number() OVER (PARTITION BY symbol ORDER BY open_time DESC) <= ?
+                    ORDER BY symbol, open_time""", ["1m", symbols, 2000], db=db)),
+            ("before: gaps() as lead() over all rows", lambda: store.query(
+                """SELECT symbol, open_time + to_milliseconds(60000) AS gap_start, next_open AS gap_end,
+                          (epoch_ms(next_open) - epoch_ms(open_time)) // 60000 - 1 AS missing
+                   FROM (SELECT symbol, open_time, lead(open_time) OVER (PARTITION BY symbol ORDER BY open_time)
+                         AS next_open FROM klines WHERE interval = '1m')
+                   WHERE epoch_ms(next_open) - epoch_ms(open_time) > 60000 ORDER BY symbol, gap_start""", db=db)),
+        ]
+        keep = args.repeats
+        args.repeats = 2
+        for name, fn in before:
+            bench(name, fn, None)
+        args.repeats = keep
 
     size = db.stat().st_size
     candles = int(cov0["candles"].sum())
