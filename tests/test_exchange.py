@@ -606,3 +606,29 @@ async def test_gap_removes_minutes_from_rest_stream_and_dumps() -> None:
         eth = {k["t"] for k in klines(frames, "ethusdt@kline_1m") if k["x"]}
         assert {live, live + MIN} <= eth  # ETHUSDT streams those minutes as usual
         assert not any(live <= r[0] < live + 2 * MIN for r in await rows(startTime=live - 5 * MIN, limit=10))
+
+
+def test_gap_control_parameters_are_checked() -> None:
+    """``POST /_control/gap``'s query: a gap is added, or 400 with the reason; never a crash."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    ex = LocalExchange(symbols=("BTCUSDT",), speed=0, start_time=START)
+    text = st.one_of(st.none(), st.text(max_size=8), st.integers(-(2**70), 2**70).map(str))
+
+    @settings(max_examples=300, deadline=None)
+    @given(text, text, text)
+    def check(symbol, start, end):
+        q = {k: v for k, v in (("symbol", symbol), ("start", start), ("end", end)) if v is not None}
+        before = dict(ex._gaps)
+        r = ex._control("gap", q)
+        body = json.loads(r.body)
+        if r.status_code == 200:
+            sym = q["symbol"].upper()
+            assert body == {"ok": True} and ex._gaps[sym][-1] == (int(q["start"]), int(q["end"]))
+            assert int(q["start"]) < int(q["end"])
+        else:
+            assert r.status_code == 400 and "bad parameters for gap" in body["error"]
+            assert ex._gaps == before
+
+    check()
