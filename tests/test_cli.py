@@ -15,6 +15,8 @@ import contextlib
 import io
 import math
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +36,7 @@ from store import ingest, sql
 from tests.conftest import ROOT
 from tests.test_redirects import RawHTTP
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)
 
 FLAGS = ["--db", "--symbols", "--interval", "--exchange", "--ws-url", "--rest-url", "--duration",
          "--no-backfill", "--lookback", "--flush-every", "--log-every", "--max-pending", "--format",
@@ -186,8 +188,30 @@ def test_bad_argument_is_one_line_and_exit_2(module, args, words):
 async def ingest_proc(*args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "store.ingest", *args, cwd=ROOT,
                                                 stderr=asyncio.subprocess.PIPE)
-    _, err = await asyncio.wait_for(proc.communicate(), 90)
+    _, err = await asyncio.wait_for(proc.communicate(), 180)
     return proc.returncode, err.decode()
+
+
+async def ingest_until(said, *args: str) -> tuple[int, str]:
+    """store.ingest without --duration, stopped with SIGTERM (a user's Ctrl-C) once its log
+    satisfies ``said(text)``: a loaded box can spend a short --duration just starting up."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "store.ingest", "--log-every", "0.2", *args,
+                                                cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+    text = ""
+    try:
+        async with asyncio.timeout(180):
+            while not said(text):
+                line = await proc.stderr.readline()
+                assert line, text  # it exited before saying it
+                text += line.decode()
+            proc.send_signal(signal.SIGTERM)
+            text += (await proc.stderr.read()).decode()
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode, text
 
 
 @pytest.mark.parametrize("kind", ["not-duckdb", "folder", "unwritable", "other-market"])
@@ -224,9 +248,9 @@ async def test_unusable_database_is_reported_before_any_traffic(tmp_path, kind):
 async def test_unreachable_exchange_for_the_whole_duration_exits_1_saying_why(tmp_path):
     async with RawHTTP(200) as peer:
         port = peer.port  # a port that was ours and is now closed: connections are refused
-    code, err = await ingest_proc("--db", str(tmp_path / "m.duckdb"), "--symbols", "BTCUSDT,ETHUSDT",
-                                  "--duration", "2", "--ws-url", f"ws://127.0.0.1:{port}/market",
-                                  "--rest-url", f"http://127.0.0.1:{port}")
+    code, err = await ingest_until(lambda text: "cannot reach the exchange" in text,
+                                   "--db", str(tmp_path / "m.duckdb"), "--symbols", "BTCUSDT,ETHUSDT",
+                                   "--ws-url", f"ws://127.0.0.1:{port}/market", "--rest-url", f"http://127.0.0.1:{port}")
     assert code == 1, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("python -m store.ingest: error: received nothing in ") and "cannot reach the exchange" in last
@@ -236,8 +260,11 @@ async def test_unreachable_exchange_for_the_whole_duration_exits_1_saying_why(tm
 async def test_unknown_symbol_exits_1_naming_it(tmp_path):
     db = tmp_path / "m.duckdb"
     async with LocalExchange(symbols=("BTCUSDT",), speed=60, history_minutes=30) as ex:
-        code, err = await ingest_proc("--db", str(db), "--symbols", "BTCUSDT,NOPEUSDT", "--duration", "6",
-                                      "--lookback", "20", "--ws-url", ex.ws_base, "--rest-url", ex.rest_base)
+        # stopped once BTCUSDT's candles were written and NOPEUSDT's backfill was refused
+        code, err = await ingest_until(
+            lambda text: "backfill of NOPEUSDT failed" in text and re.search(r"; [1-9]\d* candles written", text),
+            "--db", str(db), "--symbols", "BTCUSDT,NOPEUSDT", "--lookback", "20",
+            "--ws-url", ex.ws_base, "--rest-url", ex.rest_base)
     assert code == 1, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("python -m store.ingest: error: received nothing for NOPEUSDT in "), last
@@ -272,7 +299,7 @@ def test_dashboard_bad_args_without_warm_log_one_line_and_no_traceback(tmp_path)
         proc = subprocess.Popen([sys.executable, "-m", "panel", "serve", "dashboard/app.py", "--port", str(port),
                                  "--args", "--symbols", "BTC-USDT"], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
         while "'BTC-USDT' is not letters and digits" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             with contextlib.suppress(httpx.HTTPError):

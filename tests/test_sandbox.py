@@ -141,7 +141,8 @@ def test_slow_query_holds_writer_only_until_its_limit(db):
 
     def slow() -> None:
         try:
-            sandbox.run("SELECT count(*) FROM range(1000000000000)", db=db, timeout=1.5)
+            # long enough that a descheduled main thread still finds it holding the file
+            sandbox.run("SELECT count(*) FROM range(1000000000000)", db=db, timeout=5)
         except QueryTimeout:
             pass
         except BaseException as exc:  # pragma: no cover - reported below
