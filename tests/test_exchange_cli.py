@@ -23,7 +23,7 @@ FLAGS = ["--host", "--port", "--symbols", "--interval", "--speed", "--replay", "
 SWITCHES = ["--no-loop", "--enforce-weights"]
 
 
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "market.exchange", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -143,7 +143,7 @@ async def test_rest_faults_errors_latency_delist_redirect() -> None:
         t0 = time.monotonic()
         assert (await http.get("/fapi/v1/time")).status_code == 200
         assert time.monotonic() - t0 >= 0.3  # a lower bound only: slower is fine
-        await http.post("/_control/redirect", params={"seconds": 30, "status": 301, "location": "https://example.invalid/x", "scope": "rest"})
+        await http.post("/_control/redirect", params={"seconds": 3600, "status": 301, "location": "https://example.invalid/x", "scope": "rest"})
         r = await http.get("/fapi/v1/klines", params=kl())
         assert r.status_code == 301 and r.headers["Location"] == "https://example.invalid/x"
         await http.post("/_control/reset")
@@ -156,7 +156,7 @@ async def test_redirected_handshake() -> None:
     from websockets.exceptions import InvalidURI
 
     async with LocalExchange(symbols=("BTCUSDT",), speed=60, start_time=START) as ex:
-        ex.redirect(30, 302, "https://www.binance.com/en/restricted-location", scope="ws")
+        ex.redirect(3600, 302, "https://www.binance.com/en/restricted-location", scope="ws")  # reset_faults ends it
         # websockets.connect follows redirects itself, so look at the handshake's answer raw
         upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
