@@ -14,7 +14,7 @@ from tests.conftest import ROOT, random_klines
 
 def run(*args, env=None):
     return subprocess.run([sys.executable, "-m", "store.sql", *args], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=60)
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=180)
 
 
 def make_db(path):
