@@ -209,15 +209,22 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         sessions.join()
         # the sessions' pages are reaped (2 s unused lifetime): wait until none is left
-        _wait(lambda: feed.sessions == 0, 60, "closed sessions to be reaped")
+        # (recorded either way: a session that is never reaped is a finding, not a crash)
+        deadline = time.monotonic() + 300
+        while feed.sessions and time.monotonic() < deadline:
+            time.sleep(0.5)
         tasks, periodic = loop_counts(feed)
-        after_sessions = {"tasks": tasks, "periodic_callbacks": periodic, "rss_mb": round(rss_mb(), 1)}
+        after_sessions = {"sessions": feed.sessions, "tasks": tasks, "periodic_callbacks": periodic,
+                          "rss_mb": round(rss_mb(), 1)}
         last_closed = min(feed.state.last_closed(s) or 0 for s in symbols)
-        asyncio.run_coroutine_threadsafe(feed.stop(), feed.loop).result(120)
-        server.stop()
+        asyncio.run_coroutine_threadsafe(feed.stop(), feed.loop).result(300)
         check = compare(db, info["rest"], symbols, last_closed)
     finally:
         sessions.stop.set()
+        feed = pn.state.cache.get(CACHE_KEY)
+        if feed is not None and feed.task is not None and not feed.task.done():
+            asyncio.run_coroutine_threadsafe(feed.stop(), feed.loop).result(300)
+        server.stop()
         exchange.terminate()
         exchange.wait(30)
     wall = time.monotonic() - began
@@ -291,4 +298,11 @@ def _wait(cond, timeout: float, what: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except SystemExit as exc:  # a step that never became ready: say which, exit 1
+        print(exc.code if isinstance(exc.code, str) else f"exit {exc.code}", file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the server's and the sessions' threads must not keep the process alive
