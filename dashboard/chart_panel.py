@@ -108,6 +108,8 @@ class ChartPanel:
             end = _ms(dt.datetime.now(dt.UTC).replace(tzinfo=None)) + interval_ms(timeframe)
         x0, x1 = lod.view_for(end, timeframe, candles)
         self._load(x0, x1, timeframe, closed=closed, forming=forming)
+        # the reset tool returns here (Bokeh's default would be the range's first value)
+        self.chart.x_range.update(reset_start=x0, reset_end=x1)
 
     def _series_for(self, timeframe: str) -> None:
         if self.series is None or self.series.timeframe != timeframe or self.series.symbol != self.symbol:
@@ -240,6 +242,9 @@ class ChartPanel:
             return
         x0, x1 = self.chart.view()
         step = interval_ms(self.timeframe)
+        xr = self.chart.x_range
+        if end > old_end and xr.reset_start is not None and xr.reset_end is not None:
+            xr.update(reset_start=xr.reset_start + end - old_end, reset_end=xr.reset_end + end - old_end)
         if end > old_end and x1 >= old_end - 0.5 * step:
             shift = end - old_end
             self.chart.set_view(x0 + shift, x1 + shift)

@@ -148,6 +148,8 @@ def test_go_to_date_and_go_live_and_the_view_follows_only_at_the_live_end(months
     p.tick()
     assert p.chart.closed.data["close"][-1] == 125.0 and p.chart.forming.data["close"][-1] == 126.0
     assert p.chart.view() == pytest.approx((x0 + MIN, x1 + MIN))  # at the live end: follows
+    xr = p.chart.x_range  # and the reset tool returns to the live end, not to 1970
+    assert (xr.reset_start, xr.reset_end) == pytest.approx((x0 + MIN, x1 + MIN))
 
 
 # --- in a real Chromium ------------------------------------------------------------------------
