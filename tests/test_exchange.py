@@ -30,7 +30,7 @@ MIN = 60_000
 KLINE_KEYS = ["t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q", "B"]
 TICKER_KEYS = ["e", "E", "s", "p", "P", "w", "c", "Q", "o", "h", "l", "v", "q", "O", "C", "F", "L", "n"]
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)  # CI shares its machine: minutes, not seconds
 
 
 def connect(url: str) -> websockets.connect:
@@ -50,7 +50,7 @@ async def collect(ws, seconds: float) -> list[str]:
     return out
 
 
-async def collect_until(ws, done, timeout: float = 40) -> list[str]:
+async def collect_until(ws, done, timeout: float = 120) -> list[str]:
     """Frames until ``done(frames)``; on a loaded machine this waits longer, it does not fail."""
     frames: list[str] = []
     async with asyncio.timeout(timeout):
@@ -107,9 +107,12 @@ def row_of(k: dict) -> list:
 
 async def test_streams_format_rate_and_one_final_per_candle() -> None:
     streams = ["btcusdt@kline_1m", "btcusdt@ticker", "ethusdt@ticker"]
+    # taken before the exchange's clock starts at START: a frame stamped later than START + 120x
+    # the time since has run ahead. (Measured from the handshake instead, a box that stalls the
+    # process lags the clock, which then catches up in a burst: a false "ahead".)
+    t0 = time.monotonic()
     async with LocalExchange(symbols=("BTCUSDT", "ETHUSDT"), speed=120, start_time=START) as ex:
         async with connect(f"{ex.ws_base}/stream?streams={'/'.join(streams)}") as ws:
-            t0 = time.monotonic()
             frames = await collect_until(ws, finals_seen("btcusdt@kline_1m", 3))
             elapsed = time.monotonic() - t0
         msgs = [json.loads(f) for f in frames]
@@ -127,8 +130,7 @@ async def test_streams_format_rate_and_one_final_per_candle() -> None:
         # one update every 250 ms of sim time, none lost, whatever the wall clock did
         assert {b["E"] - a["E"] for a, b in zip(ks, ks[1:])} == {250}
         # 120x: a loaded machine lags behind, but the feed never runs ahead of 120x real time
-        # (the first frame may have been made just before t0: allow a quarter second)
-        assert (ks[-1]["E"] - ks[0]["E"]) / 120_000 <= elapsed + 0.25
+        assert (ks[-1]["E"] - START) / 120_000 <= elapsed
         finals = Counter(d["k"]["t"] for d in ks if d["k"]["x"])
         assert len(finals) >= 2 and set(finals.values()) == {1}
         by_minute = defaultdict(list)
@@ -150,7 +152,7 @@ async def test_streams_format_rate_and_one_final_per_candle() -> None:
                 tickers[m["data"]["s"]].append(m["data"])
         for sym, ts in tickers.items():
             assert {b["E"] - a["E"] for a, b in zip(ts, ts[1:])} == {1000}
-            assert (ts[-1]["E"] - ts[0]["E"]) / 120_000 <= elapsed + 0.25
+            assert (ts[-1]["E"] - START) / 120_000 <= elapsed
         # the ticker's last price is the kline's close at the same instant
         close_at = {d["E"]: d["k"]["c"] for d in ks}
         same = [t for t in tickers["BTCUSDT"] if t["E"] in close_at]
@@ -594,12 +596,12 @@ async def test_gap_removes_minutes_from_rest_stream_and_dumps() -> None:
         assert len(opens) == 1440 - 10 and not any(past[0] <= t < past[1] for t in opens)
         assert opens == [r[0] for r in await rows(startTime=day0, endTime=day0 + 86_400_000 - MIN, limit=1500)]
         # the stream sends no kline frame for the live gap's minutes, finals or updates
-        live = ex.now_ms() // MIN * MIN + 4 * MIN  # 2 s ahead at 120x
+        live = ex.now_ms() // MIN * MIN + 12 * MIN  # 6 s ahead at 120x: time to connect on a loaded box
         ex.gap("BTCUSDT", live, live + 2 * MIN)
         async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m") as ws:
             frames = await collect_until(
                 ws, lambda f: any('"x":true' in x and f'"t":{live + 2 * MIN},' in x and "btcusdt" in x for x in f),
-                timeout=90)
+                timeout=180)
         btc = klines(frames, "btcusdt@kline_1m")
         assert not any(live <= k["t"] < live + 2 * MIN for k in btc)
         assert any(k["t"] == live - MIN and k["x"] for k in btc) or btc[0]["t"] >= live
