@@ -51,7 +51,7 @@ class ChartPanel:
         self.window: lod.Window | None = None
         self.loads = 0  # windows loaded since the page opened (tests, benchmarks)
         self.last_load_ms = 0.0
-        self._first: float | None = None  # oldest stored candle of the symbol, ms
+        self._span: tuple[float | None, float | None] | None = None  # stored first/last, ms
         self._setting = False  # our own widget updates are not user clicks
         self.chart = CandleChart(height)
         self.chart.on_ranges(self.on_range)
@@ -90,20 +90,26 @@ class ChartPanel:
     def show(self, symbol: str, timeframe: str | None = None) -> None:
         """Chart ``symbol`` at the live end (a new symbol, or the page opening)."""
         self.symbol = symbol
-        try:
-            first, last = stored_span(symbol, db=self.feed.pipeline.db)
-        except StoreError as exc:
-            log.info("no stored span for %s: %s", symbol, exc)
-            first = last = None
-        self._first = None if first is None else _ms(first)
-        self._last = None if last is None else _ms(last) + interval_ms(lod.TIMEFRAMES[0])
+        self._span = None  # read when first needed: the first page needs no extra file open
         self._load_live(timeframe or self.timeframe)
+
+    def _stored(self) -> tuple[float | None, float | None]:
+        """(oldest candle's open, newest candle's end) stored for the symbol, in ms."""
+        if self._span is None:
+            try:
+                first, last = stored_span(self.symbol, db=self.feed.pipeline.db)
+            except StoreError as exc:
+                log.info("no stored span for %s: %s", self.symbol, exc)
+                first = last = None
+            self._span = (None if first is None else _ms(first),
+                          None if last is None else _ms(last) + interval_ms(lod.TIMEFRAMES[0]))
+        return self._span
 
     def _load_live(self, timeframe: str, candles: int = lod.DEFAULT_CANDLES) -> None:
         self._series_for(timeframe)
         closed, forming = self.series.initial()
         self._fresh = False
-        end = self._end_of(closed, forming) or self._last  # memory, else the newest stored candle
+        end = self._end_of(closed, forming) or self._stored()[1]  # memory, else the newest stored candle
         if end is None:  # nothing anywhere yet: the next minutes, filled when the feed starts
             end = _ms(dt.datetime.now(dt.UTC).replace(tzinfo=None)) + interval_ms(timeframe)
         x0, x1 = lod.view_for(end, timeframe, candles)
@@ -174,7 +180,9 @@ class ChartPanel:
         if x0 is None or x1 is None or not x1 > x0:
             return
         tf = lod.pick_timeframe(x1 - x0) if self.auto else self.timeframe
-        if tf != self.timeframe or self.window is None or not self.window.covers(x0, x1, self._first, self.live_end):
+        if tf != self.timeframe or self.window is None or not (
+                self.window.covers(x0, x1, None, self.live_end)
+                or self.window.covers(x0, x1, self._stored()[0], self.live_end)):
             self._load(x0, x1, tf)
         else:
             self._sync_buttons()
