@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from market.exchange import LocalExchange
 from market.exchange.dumps import HEADER, corrupt, parse_dump_path, period_days, periods, tree_path, write_tree
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)  # CI shares its machine
 
 START = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
 DAY = 86_400_000

@@ -14,7 +14,7 @@ from market.exchange import LocalExchange
 START = 1_700_000_000_000 // 60_000 * 60_000
 MIN = 60_000
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)  # CI shares its machine
 
 
 def kl(sym: str = "BTCUSDT", **params) -> dict:

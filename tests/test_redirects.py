@@ -23,7 +23,7 @@ from market.presets import get_preset
 from market.stream import FeedConfig
 from tests.conftest import ROOT, wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)  # CI shares its machine
 
 #: what Binance answers a restricted region with (HTTP 451 on the stream, 403 on some REST hosts)
 RESTRICTED = (b'{"code":0,"msg":"Service unavailable from a restricted location according to '
