@@ -79,6 +79,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--flushes", type=int, default=20)
+    ap.add_argument("--preload", type=int, default=20_000,
+                    help="minutes bulk-loaded before 1,000 live flushes in the last section (0: skip it)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     db = tmp / "bench.duckdb"
@@ -154,6 +156,29 @@ def main() -> None:
                 samples.append(file_bytes(live_db) / ((m + 1) * len(SYMBOLS)))
         live[label] = (file_bytes(live_db) / (1000 * len(SYMBOLS)), float(np.median(samples)), max(samples),
                        (time.perf_counter() - t) / 1000 * 1000, lw.compactions)
+    # The same 1,000 minute flushes on top of a file already holding --preload minutes
+    # (bulk-loaded), compaction off: is the waste per candle or a constant?
+    preloaded = None
+    if args.preload:
+        rows = pl.concat(realistic_minutes(args.preload + 1000))
+        cut = rows["open_time"].unique().sort()[args.preload]
+        old, new = rows.filter(pl.col("open_time") < cut), rows.filter(pl.col("open_time") >= cut)
+        sizes = {}
+        for label in ("bulk", "live"):
+            pdb = tmp / f"pre-{label}.duckdb"
+            pw = store.Writer(pdb, compact_every=0)
+            pw.add_klines(old)
+            pw.flush()
+            if label == "bulk":
+                pw.add_klines(new)
+                pw.flush()
+            else:
+                for frame in new.partition_by("open_time", maintain_order=True):
+                    pw.add_klines(frame)
+                    pw.flush(force=True)
+            sizes[label] = file_bytes(pdb) / rows.height
+        preloaded = (rows.height, sizes["bulk"], sizes["live"])
+
     dup = store.query("SELECT count(*) - count(DISTINCT (symbol, interval, open_time)) AS d FROM klines", db=db)["d"][0]
 
     print()
@@ -174,6 +199,10 @@ def main() -> None:
     print(f"| bulk load of the same rows, one flush | {same_bpr:.1f} | | 1.00 | | |")
     for label, (bpr, med, worst, ms, n) in live.items():
         print(f"| {label} | {bpr:.1f} | {med:.1f} / {worst:.1f} | {med / same_bpr:.2f} | {ms:.0f} | {n} |")
+    if preloaded:
+        n, b, lv = preloaded
+        print(f"\n{n:,} candles, the last 50,000 by 1,000 minute flushes (compaction off): {lv:.1f} bytes/candle "
+              f"against {b:.1f} all bulk-loaded ({lv / b:.2f}x)")
     print(f"duplicate keys after the run: {dup}")
 
 
