@@ -30,7 +30,13 @@ models the page draws from.
    5 s after the last session closed; then the session count the status header
    shows to one new tab (1 = every earlier session is gone).
 
-    .venv/bin/python benchmarks/bench_dashboard.py [--quick] [--only startup,latency,cycles]
+1b. first page (the issue's figure): request -> complete page in headless Chromium, the
+   dashboard on the 1-year 50-symbol store (benchmarks/bigstore.py ``cached()``, copied;
+   a local exchange process feeds it; ``--warm``, so history is loaded at server start)
+   against a bare Panel page (Bootstrap template, five Bokeh plots of 2,000 points, a
+   50-row Tabulator) served alongside, alternately, as a ratio of medians.
+
+    .venv/bin/python benchmarks/bench_dashboard.py [--quick] [--only startup,firstpage,latency,cycles]
 """
 
 from __future__ import annotations
@@ -77,7 +83,7 @@ REAP = ["--check-unused-sessions", "500", "--unused-session-lifetime", "3000"]
 
 # --- helpers ---------------------------------------------------------------------------------
 
-def build_store(path: Path, symbols: int = 50, days: int = 30) -> tuple[int, float]:
+def build_store(path: Path, symbols: int = 50, days: int = 30, market: str = "demo") -> tuple[int, float]:
     """Random-walk 1m candles ending a minute ago, written with the app's Writer."""
     started = time.perf_counter()
     n = days * 1440
@@ -97,7 +103,7 @@ def build_store(path: Path, symbols: int = 50, days: int = 30) -> tuple[int, flo
             "close": close, "volume": vol, "quote_volume": vol * close, "trades": rng.integers(1, 500, n),
             "taker_buy_volume": vol / 2, "taker_buy_quote_volume": vol * close / 2,
         }, schema_overrides=KLINE_SCHEMA).select(list(KLINE_SCHEMA)))
-    w = Writer(path, max_pending_rows=100_000_000)
+    w = Writer(path, max_pending_rows=100_000_000, market=market)
     for f in frames:
         w.add_klines(f)
     rows = w.close(timeout=600)
@@ -139,7 +145,7 @@ def bench_startup(store: Path, runs: int, tmp: Path) -> list[dict]:
         for run in range(runs):
             page = b.new_page(viewport=VIEWPORT)
             page.goto("about:blank")
-            server = serve_app(["--demo", "--db", str(store)], tmp / f"startup{run}.log")
+            server = serve_app(["--demo", "--db", str(store)], tmp / f"startup{run}.log", serve_args=["--warm"])
             try:
                 up = wait_answer(server)
                 t0 = time.monotonic()
@@ -160,6 +166,109 @@ def bench_startup(store: Path, runs: int, tmp: Path) -> list[dict]:
                 page.close()
                 server.stop()
     return results
+
+
+# --- 1b. first page against a bare Panel page --------------------------------------------------
+
+BASELINE_APP = r"""
+import numpy as np, pandas as pd, panel as pn
+from bokeh.plotting import figure
+
+pn.extension("tabulator", design="bootstrap")
+rng = np.random.default_rng(0)
+
+def plot(height):
+    p = figure(height=height, sizing_mode="stretch_width", x_axis_type="datetime", tools="xpan,xwheel_zoom,reset")
+    t = 1.7e12 + 60_000 * np.arange(2000)
+    p.line(t, np.cumsum(rng.normal(size=2000)))
+    return pn.pane.Bokeh(p, sizing_mode="stretch_width")
+
+table = pd.DataFrame({"symbol": [f"S{i:02d}USDT" for i in range(50)], **{c: rng.uniform(0, 100, 50) for c in
+                      ("price", "change_pct", "quote_volume", "rsi", "stoch_k", "stoch_d")}, "signal": ""})
+pn.template.BootstrapTemplate(title="baseline", main=[
+    plot(380), plot(120), plot(120), plot(120), plot(300),
+    pn.widgets.Tabulator(table, height=420, sizing_mode="stretch_width", show_index=False),
+]).servable()
+"""
+
+# The baseline is complete when its five figures hold 2,000 points and the table 50 rows.
+BASELINE_DONE_JS = r"""
+() => {
+  if (!(window.Bokeh && Bokeh.index)) return false;
+  function* walk(v) { yield v; for (const c of v.children()) yield* walk(c) }
+  let plots = 0, rows = 0;
+  for (const root of Bokeh.index.roots) for (const v of walk(root)) {
+    if (v.model.type === "Figure") for (const r of v.model.renderers)
+      if (r.data_source && r.data_source.data.x && r.data_source.data.x.length === 2000) plots++;
+    if (v.model.type && v.model.type.endsWith("DataTabulator")) rows = v.model.source.data.symbol.length;
+  }
+  return plots === 5 && rows === 50;
+}
+"""
+
+
+def serve_file(app: Path, port: int, log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "panel", "serve", str(app), "--port", str(port), "--address",
+                                 "127.0.0.1", "--allow-websocket-origin", f"127.0.0.1:{port}"], cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def time_page(b, url: str, done, viewport=VIEWPORT) -> float:
+    """Seconds from the page request to ``done`` (a state check, or JS returning true)."""
+    page = b.new_page(viewport=viewport)
+    try:
+        page.goto("about:blank")
+        t0 = time.monotonic()
+        page.goto(url, timeout=300_000)
+        if isinstance(done, str):
+            while not page.evaluate(done):
+                page.wait_for_timeout(20)
+        else:
+            wait_state(page, done, 300, every=0.02, what="a complete page")
+        return time.monotonic() - t0
+    finally:
+        page.close()
+
+
+def bench_first_page(store: Path, symbols: list[str], runs: int, tmp: Path) -> dict:
+    """The dashboard on ``store`` (fed by a local exchange process) and the bare page, alternately."""
+    import shutil
+
+    db = tmp / "firstpage.duckdb"
+    shutil.copyfile(store, db)
+    port = free_port()
+    ex = subprocess.Popen([sys.executable, "-m", "market.exchange", "--port", str(port), "--symbols",
+                           ",".join(symbols), "--speed", "1"], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+    info = json.loads(ex.stdout.readline())
+    app = serve_app(["--db", str(db), "--ws-url", info["ws"], "--rest-url", info["rest"], "--symbols",
+                     ",".join(symbols)], tmp / "firstpage.log", serve_args=["--warm"])
+    base_app = tmp / "baseline.py"
+    base_app.write_text(BASELINE_APP)
+    base_port = free_port()
+    base = serve_file(base_app, base_port, tmp / "baseline.log")
+    base_url = f"http://127.0.0.1:{base_port}/baseline"
+    out: dict = {"dashboard": [], "baseline": []}
+    try:
+        up = wait_answer(app, 300)
+        out["spawn_to_http"] = up - app.spawned_at
+        with browser() as b:
+            out["first_after_start"] = time_page(b, app.url, complete)  # backfill may still be running
+            time_page(b, base_url, BASELINE_DONE_JS)  # warm the baseline server too
+            time.sleep(5)
+            for _ in range(runs):
+                out["baseline"].append(time_page(b, base_url, BASELINE_DONE_JS))
+                out["dashboard"].append(time_page(b, app.url, complete))
+        out["rss_mb"] = psutil.Process(app.proc.pid).memory_info().rss / 2**20
+    finally:
+        app.stop()
+        base.terminate()
+        base.wait(20)
+        ex.terminate()
+        ex.wait(10)
+    out["ratio"] = statistics.median(out["dashboard"]) / statistics.median(out["baseline"])
+    return out
 
 
 # --- 2 + 3. latency, CPU, memory ---------------------------------------------------------------
@@ -301,7 +410,7 @@ def bench_latency(tab_counts: list[int], window: float, tmp: Path) -> list[dict]
                            "--symbols", ",".join(DEFAULT_SYMBOLS), "--speed", "1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     info = json.loads(ex.stdout.readline())
     server = serve_app(["--db", str(tmp / "latency.duckdb"), "--ws-url", info["ws"], "--rest-url", info["rest"]],
-                       tmp / "latency.log")
+                       tmp / "latency.log", serve_args=["--warm"])
     tap = ExchangeTap(info["ws"])
     results = []
     try:
@@ -396,7 +505,7 @@ def bench_cycles(cycles: int, synced: int, tmp: Path) -> dict:
     import panel.models.tabulator  # noqa: F401
     from bokeh.client import pull_session
 
-    server = serve_app(["--demo", "--db", str(tmp / "cycles.duckdb")], tmp / "cycles.log", serve_args=REAP)
+    server = serve_app(["--demo", "--db", str(tmp / "cycles.duckdb")], tmp / "cycles.log", serve_args=[*REAP, "--warm"])
     marks: list[tuple[str, float]] = []
     took = {}
     try:
@@ -442,7 +551,7 @@ def bench_cycles(cycles: int, synced: int, tmp: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small store, short windows, 40 cycles")
-    ap.add_argument("--only", default="startup,latency,cycles")
+    ap.add_argument("--only", default="firstpage,latency,cycles", help="any of startup,firstpage,latency,cycles")
     a = ap.parse_args(argv)
     only = set(a.only.split(","))
     print(f"# bench_dashboard {dt.datetime.now():%Y-%m-%d %H:%M}, load average {psutil.getloadavg()[0]:.1f}, "
@@ -462,6 +571,28 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['http_to_candles']:.2f} s | {r['http_to_complete']:.2f} s | "
                       f"**{r['spawn_to_complete']:.2f} s** |")
             print()
+        if "firstpage" in only:
+            if a.quick:
+                store = tmp / "small.duckdb"
+                build_store(store, days=3, market="binance-futures")
+                symbols, what = list(DEFAULT_SYMBOLS), "50 symbols x 3 days (--quick)"
+            else:
+                from benchmarks.bigstore import cached, specs
+
+                store, symbols = cached(), [sp.symbol for sp in specs(50)]
+                what = "benchmarks/bigstore.py cached(): 50 symbols x 1 year of 1m candles"
+            r = bench_first_page(store, symbols, 2 if a.quick else 3, tmp)
+            print(f"## First page: request -> complete page, against a bare Panel page\n\nstore: {what} "
+                  f"({store.stat().st_size / 2**20:.0f} MB); server started with --warm; the bare page: Bootstrap "
+                  "template, 5 Bokeh plots of 2,000 points, a 50-row Tabulator\n")
+            print("| page | runs | median | all |")
+            print("| --- | ---: | ---: | --- |")
+            for k in ("baseline", "dashboard"):
+                print(f"| {k} | {len(r[k])} | {statistics.median(r[k]):.2f} s | "
+                      f"{', '.join(f'{v:.2f}' for v in r[k])} |")
+            print(f"\n**ratio dashboard / bare page: {r['ratio']:.2f}** (median over median); the first page "
+                  f"after the server answered ({r['spawn_to_http']:.1f} s after spawn): "
+                  f"{r['first_after_start']:.2f} s; server RSS {r['rss_mb']:.0f} MB\n")
         if "latency" in only:
             window = 10 if a.quick else 30
             # (tabs, of which drawing, extra websocket sessions without a browser)

@@ -23,7 +23,7 @@ from tests.browser import ARTIFACTS, Console, chromium_path, complete, serve_app
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(chromium_path() is None, reason="needs Chromium on PATH (Debian: apt-get install chromium)"),
-    pytest.mark.timeout(600),
+    pytest.mark.timeout(900),
 ]
 
 SIZES = [(1366, 768), (1920, 1080)]
@@ -106,8 +106,8 @@ def test_layout_fits_and_reads(server, chromium, tmp_path, width, height, theme)
     console = Console()
     console.attach(page)
     try:
-        page.goto(server.url + ("?theme=dark" if theme == "dark" else ""))
-        state = wait_state(page, lambda s: complete(s) and s["table"]["with_rsi"] == s["table"]["rows"], 180,
+        page.goto(server.url + ("?theme=dark" if theme == "dark" else ""), timeout=300_000)
+        state = wait_state(page, lambda s: complete(s) and s["table"]["with_rsi"] == s["table"]["rows"], 400,
                            what="a complete page")
         page.wait_for_timeout(2500)  # a table refresh with the prices' decimals known
         whole_page(page, ARTIFACTS / f"layout-{width}-{theme}.png")
@@ -181,8 +181,8 @@ def test_layout_fits_and_reads(server, chromium, tmp_path, width, height, theme)
 def test_treemap_sizes_tiles_by_volume(server, chromium):
     page = chromium.new_page(viewport={"width": 1920, "height": 1080})
     try:
-        page.goto(server.url)
-        wait_state(page, complete, 180, what="a complete page")
+        page.goto(server.url, timeout=300_000)
+        wait_state(page, complete, 400, what="a complete page")
         grid = page.evaluate(TILES_JS)["tiles"]
         assert len({round(t["width"]) for t in grid}) == 1  # the grid: equal tiles
         box = page.locator("input[type=checkbox]")
