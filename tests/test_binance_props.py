@@ -46,7 +46,7 @@ TICKER = (b'{"stream":"btcusdt@ticker","data":{"e":"24hrTicker","E":170000000012
           b'"h":"68400.00","l":"67100.50","v":"182734.551","q":"12391238123.12","O":1699913600000,'
           b'"C":1700000000100,"F":4800000000,"L":4801234567,"n":1234567}}')
 SEEDS = KLINE_FRAMES + [TICKER] + FRAMES[:: max(1, len(FRAMES) // 60)]
-PROPS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 

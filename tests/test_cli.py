@@ -75,7 +75,7 @@ def argvs(flags: list[str]) -> st.SearchStrategy[list[str]]:
     pairs = st.lists(pair, max_size=5).map(lambda ps: [t for p in ps for t in p])
     return st.one_of(st.lists(token, max_size=8), pairs, pairs,
                      st.builds(lambda ps, extra: [*ps, extra], pairs, token))
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def asked_for_help(argv: list[str]) -> bool:
@@ -284,7 +284,7 @@ def free_port() -> int:
 def test_dashboard_bad_args_end_a_warm_start_with_one_line_and_exit_2():
     res = subprocess.run([sys.executable, "-m", "panel", "serve", "--warm", "dashboard/app.py", "--port",
                           str(free_port()), "--args", "--interval", "7m"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+                         cwd=ROOT, timeout=240)
     out = res.stdout + res.stderr
     assert res.returncode == 2, out
     assert out.strip() == ("panel serve dashboard/app.py --args: error: argument --interval: '7m' is not a kline "
