@@ -340,8 +340,8 @@ async def test_refuse_rejects_handshakes_with_the_status() -> None:
         assert b"restricted location" in info.value.response.body
         assert (await http.get("/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "1m"})).status_code == 200
         # a refusal ends by itself: retry (as a client would) until the handshake works
+        refused_until = time.monotonic() + 0.5  # before refuse(): the refusal cannot end earlier
         ex.refuse(0.5, 451)
-        refused_until = time.monotonic() + 0.5
         for _ in range(100):
             try:
                 async with connect(url) as ws:
