@@ -54,7 +54,8 @@ class ChartPanel:
         self._span: tuple[float | None, float | None] | None = None  # stored first/last, ms
         self._setting = False  # our own widget updates are not user clicks
         self.chart = CandleChart(height)
-        self.chart.on_ranges(self.on_range)
+        self.chart.on_ranges(self._range_event)
+        self._pending: tuple[float, float] | None = None  # the latest view not answered yet
         self.buttons = pn.widgets.RadioButtonGroup(options=list(lod.TIMEFRAMES), value=self.timeframe,
                                                    stylesheets=[_ACTIVE_CSS])
         self.auto_button = pn.widgets.Toggle(label="Auto", value=True, color="primary", width=70)
@@ -175,6 +176,23 @@ class ChartPanel:
             self._setting = False
 
     # -- user actions ---------------------------------------------------------------
+    def _range_event(self, x0: float | None, x1: float | None) -> None:
+        """Answer only the latest of a burst of range events (a wheel zoom sends one per
+        notch): loads queued behind each other would answer views long gone."""
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None:
+            self.on_range(x0, x1)
+            return
+        first = self._pending is None
+        self._pending = (x0, x1)
+        if first:
+            doc.add_timeout_callback(self._settle, _SETTLE_MS)
+
+    def _settle(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.on_range(*pending)
+
     def on_range(self, x0: float | None, x1: float | None) -> None:
         """A pan or zoom ended: switch timeframe or load more if the view needs it."""
         if x0 is None or x1 is None or not x1 > x0:
@@ -259,6 +277,9 @@ class ChartPanel:
         elif x1 >= end - step:
             self.chart.fit_y(x0, x1, grow_only=True)  # the live candle broke out of the axis
 
+
+#: Range events within this many ms of the first are answered together, by the last view.
+_SETTLE_MS = 120
 
 #: ``Window.end`` of a window that reaches the live end.
 _LIVE = np.iinfo(np.int64).max

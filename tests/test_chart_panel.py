@@ -217,7 +217,7 @@ def history_server(tmp_path_factory):
 
 @browser
 @pytest.mark.browser
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # server start and first page take minutes on an overloaded box
 def test_pan_zoom_go_to_date_and_live_in_chromium(history_server):
     from playwright.sync_api import sync_playwright
 
