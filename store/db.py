@@ -19,10 +19,10 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import polars as pl
@@ -31,6 +31,7 @@ log = logging.getLogger("store")
 
 SCHEMA_VERSION = 1
 DEFAULT_DB = Path(__file__).resolve().parent / "market.duckdb"
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -241,6 +242,23 @@ def prepare(
         )
     if not os.access(path if path.exists() else _existing_parent(path), os.W_OK):
         raise StoreError(f"cannot write {path}: permission denied; give a writable path with --db or MARKET_DB")
+
+    def setup(con: duckdb.DuckDBPyConnection) -> Path:
+        migrate(con, str(path))
+        if market is not None:
+            claim_market(con, market, path)
+        return path
+
+    return write(path, setup, failed=f"cannot use {path}", timeout=timeout)
+
+
+def write(path: Path, work: Callable[[duckdb.DuckDBPyConnection], T], *, failed: str, timeout: float = 30.0) -> T:
+    """``work(con)`` on a read-write connection to ``path``, closed after; its result.
+
+    Waits up to ``timeout`` s while another process or our own writer holds the
+    file (StoreLocked after that); a duckdb.Error becomes StoreError("{failed}: ...").
+    For short one-off writes; the batched writer is store.Writer.
+    """
     deadline = time.monotonic() + timeout
     g = gate(path)
     delay = 0.02
@@ -249,12 +267,9 @@ def prepare(
             try:
                 con = open_file(path, read_only=False)
                 try:
-                    migrate(con, str(path))
-                    if market is not None:
-                        claim_market(con, market, path)
-                    return path
+                    return work(con)
                 except duckdb.Error as exc:
-                    raise StoreError(f"cannot use {path}: {exc}") from exc
+                    raise StoreError(f"{failed}: {exc}") from exc
                 finally:
                     con.close()
             except StoreLocked:

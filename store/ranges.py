@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import random
-import time
 from collections.abc import Iterable, Sequence
 
 import duckdb
 
 from market.schema import interval_ms
-from store.db import StoreError, StoreLocked, gate, open_file, query, resolve_db
+from store.db import query, resolve_db, write
 
 Range = tuple[int, int]
 Db = str | os.PathLike[str] | None
@@ -135,28 +133,8 @@ def record_empty(rows: Iterable[tuple[str, str, int, int]], *, db: Db = None, ti
         return 0
     path = resolve_db(db)
     checked = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while True:
-        g = gate(path)
-        if g.try_write():
-            try:
-                con = open_file(path, read_only=False)
-                try:
-                    return _insert_empty(con, batch, checked)
-                except duckdb.Error as exc:
-                    raise StoreError(f"recording empty ranges in {path} failed: {exc}") from exc
-                finally:
-                    con.close()
-            except StoreLocked:
-                if time.monotonic() > deadline:
-                    raise
-            finally:
-                g.end_write()
-        elif time.monotonic() > deadline:
-            raise StoreLocked(f"{path} stayed busy in this process for {timeout:g} s")
-        time.sleep(delay * random.uniform(0.5, 1.5))
-        delay = min(delay * 2, 0.5)
+    return write(path, lambda con: _insert_empty(con, batch, checked),
+                 failed=f"recording empty ranges in {path} failed", timeout=timeout)
 
 
 def _insert_empty(con: duckdb.DuckDBPyConnection, batch: list, checked: dt.datetime) -> int:
