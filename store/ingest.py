@@ -128,10 +128,10 @@ class Pipeline:
             self._drain()
             if self.started.is_set() and not self.history_loaded:  # last chance to rewrite them
                 with contextlib.suppress(StoreError):
-                    await asyncio.shield(self._load_history(late=True))
+                    await asyncio.shield(self._load_history(late=True, wait=1.0))  # a stop is not held up
             await asyncio.shield(asyncio.to_thread(self.writer.close))
 
-    async def _load_history(self, *, late: bool = False) -> None:
+    async def _load_history(self, *, late: bool = False, wait: float | None = None) -> None:
         """Seed the state from the store: the database's newest ``keep`` candles per symbol
         plus the rows a killed run left spooled to Parquet (in the store as soon as the
         next flush runs, so part of the history the indicators are computed over).
@@ -146,7 +146,7 @@ class Pipeline:
             # the spool first: a flush moves spooled rows into the database, never back
             klines, marks = await asyncio.to_thread(self._spooled)
             stored = await asyncio.to_thread(recent_klines, cfg.symbols, cfg.interval, cfg.keep, db=self.db,
-                                             timeout=cfg.history_wait)
+                                             timeout=cfg.history_wait if wait is None else wait)
         except StoreError as exc:
             if not late:
                 log.warning("starting without stored history: %s", exc)
