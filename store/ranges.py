@@ -15,9 +15,10 @@ import os
 from collections.abc import Iterable, Sequence
 
 import duckdb
+import polars as pl
 
 from market.schema import interval_ms
-from store.db import query, resolve_db, write
+from store.db import QueryError, query, reader, resolve_db, write
 
 Range = tuple[int, int]
 Db = str | os.PathLike[str] | None
@@ -57,20 +58,119 @@ def holes(symbols: Sequence[str], interval: str, lo: int | None = None, hi: int 
     if not symbols or not resolve_db(db).exists():
         return {}
     step = interval_ms(interval)
-    rows = query(
-        f"""SELECT symbol, t + ? AS a, nxt AS b FROM (
-              SELECT symbol, {_MS.format('open_time')} AS t,
-                     lead({_MS.format('open_time')}) OVER (PARTITION BY symbol ORDER BY open_time) AS nxt
-              FROM klines
-              WHERE interval = ? AND symbol IN (SELECT unnest(?::VARCHAR[]))
-                AND open_time >= coalesce({_TS.format('?')}, '-infinity'::TIMESTAMP)
-                AND open_time <  coalesce({_TS.format('?')}, 'infinity'::TIMESTAMP))
-            WHERE nxt - t > ? ORDER BY symbol, a""",
-        [step, interval, list(symbols), lo, hi, step], db=db)
+    with reader(db) as con:
+        found = stored_gaps(con, interval, list(symbols), lo, hi)
     out: dict[str, list[Range]] = {}
-    for s, a, b in rows.iter_rows():
-        out.setdefault(s, []).append((a, b))
+    for s, t, nt in found.iter_rows():
+        out.setdefault(s, []).append((t + step, nt))
     return out
+
+
+#: Steps per block in stored_gaps()' first pass: a day of 1m candles.
+_BLOCK = 1440
+#: Above this many runs of candidate blocks, stored_gaps() reads them back with one join, not a range each.
+_MAX_RANGES = 400
+
+# open_time in [$lo, $hi) ms, either end open when NULL
+_WINDOW = ("open_time >= coalesce(make_timestamp($lo::BIGINT * 1000), '-infinity'::TIMESTAMP) "
+           "AND open_time < coalesce(make_timestamp($hi::BIGINT * 1000), 'infinity'::TIMESTAMP)")
+
+
+def stored_gaps(con: duckdb.DuckDBPyConnection, interval: str, symbols: Sequence[str] | None = None,
+                lo: int | None = None, hi: int | None = None) -> pl.DataFrame:
+    """(symbol, t, nt) sorted: a stored candle's open time and the next one's (ms) where candles
+    are missing between them, over the candles of ``symbols`` (all if None) with open time in [lo, hi).
+
+    The one hole finder (``holes()`` and ``store.history.gaps()``). How it stays fast on
+    tens of millions of rows: a first pass counts candles per symbol and block of
+    ``_BLOCK`` steps (one hash aggregate, no sort). Only blocks that are short, or next
+    to a short or a missing block, can hold a gap edge; the rows of those blocks alone
+    are read back (a range per run of such blocks, which the zone maps answer from a
+    few row groups) and compared with their successor. (A ``lead()`` window over every
+    row sorted all 26M candles of the benchmark store: 7.4 s; over ``epoch_ms()``: 21-30 s.)
+    """
+    step = interval_ms(interval)
+    block_us = step * 1000 * _BLOCK
+    which, params = _which(symbols)
+    runs = _frame(
+        con,
+        f"""WITH blocks AS (
+             SELECT symbol, epoch_us(open_time) // $block_us AS b, count(*) AS n FROM klines
+             WHERE interval = $iv AND {which} AND {_WINDOW} GROUP BY ALL),
+           flagged AS (
+             SELECT symbol, b, n < $block AS short, lag(b) OVER w AS pb, lead(b) OVER w AS nb,
+                    lag(n) OVER w < $block AS pshort, lead(n) OVER w < $block AS nshort
+             FROM blocks WINDOW w AS (PARTITION BY symbol ORDER BY b)),
+           cand AS (
+             SELECT symbol, b, coalesce(nb = b + 1, false) AS next_present,
+                    b - row_number() OVER (PARTITION BY symbol ORDER BY b) AS island
+             FROM flagged
+             WHERE short OR pb <> b - 1 OR nb <> b + 1 OR (pb = b - 1 AND pshort) OR (nb = b + 1 AND nshort))
+         SELECT symbol, min(b) AS lo, max(b) AS hi, arg_max(next_present, b) AS next_present
+         FROM cand GROUP BY symbol, island ORDER BY symbol, lo""",
+        {**params, "block_us": block_us, "iv": interval, "block": _BLOCK, "lo": lo, "hi": hi},
+    ).with_row_index("run")
+    rows = _candidate_rows(con, runs, interval, block_us, lo, hi)
+    return _pairs(rows, runs, step)
+
+
+def _which(symbols: Sequence[str] | None) -> tuple[str, dict[str, str]]:
+    """A filter on symbol as a list of constants (DuckDB prunes row groups on those, not on a subquery)."""
+    if symbols is None:
+        return "true", {}
+    names = {f"s{i}": s for i, s in enumerate(dict.fromkeys(symbols))}
+    return f"symbol IN ({', '.join('$' + k for k in names)})" if names else "false", names
+
+
+def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict) -> pl.DataFrame:
+    try:
+        return con.sql(sql, params=params).pl()
+    except duckdb.Error as exc:
+        raise QueryError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _candidate_rows(con: duckdb.DuckDBPyConnection, runs: pl.DataFrame, interval: str, block_us: int,
+                    lo: int | None, hi: int | None) -> pl.DataFrame:
+    """(run, t) for every stored candle inside the candidate runs and [lo, hi); t = open_time in ms."""
+    if runs.height == 0:
+        return pl.DataFrame(schema={"run": pl.UInt32(), "t": pl.Int64()})
+    window = {"lo": lo, "hi": hi, "iv": interval}
+    if runs.height <= _MAX_RANGES:
+        parts, params = [], {}
+        for run, sym, b0, b1 in runs.select("run", "symbol", "lo", "hi").iter_rows():
+            parts.append(f"SELECT $r{run}::UINTEGER AS run, epoch_ms(open_time) AS t FROM klines "
+                         f"WHERE symbol = $s{run} AND interval = $iv AND open_time >= make_timestamp($a{run}) "
+                         f"AND open_time < make_timestamp($b{run}) AND {_WINDOW}")
+            params |= {f"r{run}": run, f"s{run}": sym, f"a{run}": b0 * block_us, f"b{run}": (b1 + 1) * block_us}
+        return _frame(con, " UNION ALL ".join(parts), {**params, **window})
+    con.register("runs", runs.select("run", "symbol", "lo", "hi").to_arrow())
+    try:
+        return _frame(
+            con,
+            f"""SELECT r.run, epoch_ms(k.open_time) AS t FROM klines k JOIN runs r
+                  ON k.symbol = r.symbol AND epoch_us(k.open_time) // $block_us BETWEEN r.lo AND r.hi
+                WHERE k.interval = $iv AND {_WINDOW.replace('open_time', 'k.open_time')}""",
+            {**window, "block_us": block_us},
+        )
+    finally:
+        con.unregister("runs")
+
+
+def _pairs(rows: pl.DataFrame, runs: pl.DataFrame, step: int) -> pl.DataFrame:
+    """(symbol, t, nt): a stored candle and the next one when steps are missing between them.
+
+    Consecutive rows of one run are consecutive candles. The last row of a run
+    and the first of the symbol's next run are too when the block after the run
+    is missing; otherwise complete blocks (not read back) lie between them.
+    """
+    frame = (
+        rows.join(runs.select("run", "symbol", "next_present"), on="run")
+        .sort("symbol", "t")
+        .with_columns(nt=pl.col("t").shift(-1).over("symbol"), next_run=pl.col("run").shift(-1).over("symbol"))
+    )
+    return frame.filter(
+        (pl.col("nt") - pl.col("t") > step) & ((pl.col("next_run") == pl.col("run")) | ~pl.col("next_present"))
+    ).select("symbol", "t", "nt")
 
 
 def empty(symbols: Sequence[str], interval: str, *, db: Db = None) -> dict[str, list[Range]]:
