@@ -15,6 +15,7 @@ import polars as pl
 
 from market.schema import INTERVAL_MS, KLINE_SCHEMA, empty, interval_ms
 from store.db import QueryError, query, reader, resolve_db
+from store.ranges import stored_gaps
 
 Db = str | os.PathLike[str] | None
 
@@ -152,37 +153,14 @@ def gaps(interval: str = "1m", *, db: Db = None, symbol: str | None = None) -> p
     exchange confirmed empty (table ``empty_ranges``, written by the backfill),
     so there is nothing to fetch; false for a hole to repair.
 
-    How it stays fast on tens of millions of rows: a first pass counts candles
-    per symbol and block of ``_BLOCK`` steps (one hash aggregate, no sort). Only
-    blocks that are short, or next to a short or a missing block, can hold a gap
-    edge; the rows of those blocks alone are read back (a range per run of such
-    blocks, which the zone maps answer from a few row groups) and compared with
-    their successor. (A ``lead()`` window over every row sorted all 26M candles
-    of the benchmark store: 7.4 s.)
+    The holes come from ``store.ranges.stored_gaps`` (the backfill plans from the
+    same finder): a block-count pass, then only candidate blocks' rows.
     """
     step = interval_ms(interval)
-    block_us = step * 1000 * _BLOCK
     with reader(db) as con:
-        runs = _run(
-            con,
-            """WITH blocks AS (
-                 SELECT symbol, epoch_us(open_time) // $block_us AS b, count(*) AS n FROM klines
-                 WHERE interval = $iv AND ($sym IS NULL OR symbol = $sym) GROUP BY ALL),
-               flagged AS (
-                 SELECT symbol, b, n < $block AS short, lag(b) OVER w AS pb, lead(b) OVER w AS nb,
-                        lag(n) OVER w < $block AS pshort, lead(n) OVER w < $block AS nshort
-                 FROM blocks WINDOW w AS (PARTITION BY symbol ORDER BY b)),
-               cand AS (
-                 SELECT symbol, b, coalesce(nb = b + 1, false) AS next_present,
-                        b - row_number() OVER (PARTITION BY symbol ORDER BY b) AS island
-                 FROM flagged
-                 WHERE short OR pb <> b - 1 OR nb <> b + 1 OR (pb = b - 1 AND pshort) OR (nb = b + 1 AND nshort))
-             SELECT symbol, min(b) AS lo, max(b) AS hi, arg_max(next_present, b) AS next_present
-             FROM cand GROUP BY symbol, island ORDER BY symbol, lo""",
-            {"block_us": block_us, "iv": interval, "sym": symbol, "block": _BLOCK},
-        ).with_row_index("run")
-        rows = _candidate_rows(con, runs, interval, step, block_us)
-        found = _pairs(rows, runs)
+        pairs = stored_gaps(con, interval, None if symbol is None else [symbol])
+        found = pairs.select("symbol", m=pl.col("t") // step, nm=pl.col("nt") // step).filter(
+            pl.col("nm") - pl.col("m") > 1)
         con.register("found", found.to_arrow())
         try:
             return _run(con, _GAPS_SQL.format(confirmed=_confirmed(con)),
@@ -190,11 +168,6 @@ def gaps(interval: str = "1m", *, db: Db = None, symbol: str | None = None) -> p
         finally:
             con.unregister("found")
 
-
-#: Steps per block in gaps()' first pass: a day of 1m candles.
-_BLOCK = 1440
-#: Above this many runs of candidate blocks, gaps() reads them back with one join, not a range each.
-_MAX_RANGES = 400
 
 _GAPS_SQL = """
     WITH er AS {confirmed}
@@ -219,50 +192,6 @@ def _confirmed(con: duckdb.DuckDBPyConnection) -> str:
                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), true)::INT AS fresh
                    FROM empty_ranges WHERE interval = $iv AND ($sym IS NULL OR symbol = $sym)))
                GROUP BY symbol, grp)"""
-
-
-def _candidate_rows(con: duckdb.DuckDBPyConnection, runs: pl.DataFrame, interval: str, step: int,
-                    block_us: int) -> pl.DataFrame:
-    """(run, m) for every stored candle inside the candidate runs; m = open_time in steps."""
-    if runs.height == 0:
-        return pl.DataFrame(schema={"run": pl.UInt32(), "m": pl.Int64()})
-    step_us = step * 1000
-    if runs.height <= _MAX_RANGES:
-        parts, params = [], []
-        for run, sym, lo, hi in runs.select("run", "symbol", "lo", "hi").iter_rows():
-            parts.append("SELECT ?::UINTEGER AS run, epoch_us(open_time) // ? AS m FROM klines "
-                         "WHERE symbol = ? AND interval = ? AND open_time >= make_timestamp(?) "
-                         "AND open_time < make_timestamp(?)")
-            params += [run, step_us, sym, interval, lo * block_us, (hi + 1) * block_us]
-        return _run(con, " UNION ALL ".join(parts), params)
-    con.register("runs", runs.select("run", "symbol", "lo", "hi").to_arrow())
-    try:
-        return _run(
-            con,
-            """SELECT r.run, epoch_us(k.open_time) // ? AS m FROM klines k JOIN runs r
-                 ON k.symbol = r.symbol AND epoch_us(k.open_time) // ? BETWEEN r.lo AND r.hi
-               WHERE k.interval = ?""",
-            [step_us, block_us, interval],
-        )
-    finally:
-        con.unregister("runs")
-
-
-def _pairs(rows: pl.DataFrame, runs: pl.DataFrame) -> pl.DataFrame:
-    """(symbol, m, nm): a stored candle and the next one when steps are missing between them.
-
-    Consecutive rows of one run are consecutive candles. The last row of a run
-    and the first of the symbol's next run are too when the block after the run
-    is missing; otherwise complete blocks (not read back) lie between them.
-    """
-    frame = (
-        rows.join(runs.select("run", "symbol", "next_present"), on="run")
-        .sort("symbol", "m")
-        .with_columns(nm=pl.col("m").shift(-1).over("symbol"), next_run=pl.col("run").shift(-1).over("symbol"))
-    )
-    return frame.filter(
-        (pl.col("nm") - pl.col("m") > 1) & ((pl.col("next_run") == pl.col("run")) | ~pl.col("next_present"))
-    ).select("symbol", "m", "nm")
 
 
 def _sources(interval: str) -> list[str]:

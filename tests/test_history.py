@@ -11,7 +11,7 @@ from polars.testing import assert_frame_equal
 
 import store
 from market.indicators import add_indicators, add_signal
-from store import history
+from store import history, ranges
 from tests.conftest import random_klines, talib_indicators
 
 KEY = ["symbol", "interval", "open_time"]
@@ -111,7 +111,7 @@ def test_with_indicators_limit_past_holes_matches_the_join(db):
 @pytest.fixture
 def long_db(tmp_path, monkeypatch):
     """Three days of two symbols with holes inside, across and over whole blocks of 60 minutes."""
-    monkeypatch.setattr(history, "_BLOCK", 60)
+    monkeypatch.setattr(ranges, "_BLOCK", 60)  # the hole finder gaps() uses
     data = random_klines(["AAAUSDT", "BBBUSDT"], 3 * 1440)
     minute = (pl.col("open_time") - T0).dt.total_minutes()
     holes = {
@@ -138,7 +138,7 @@ def test_gaps_two_pass_agrees_with_a_naive_diff(long_db, monkeypatch):
     assert got["at_exchange"].to_list() == [False] * len(expected)
     assert ("AAAUSDT", T0 + 119 * MIN, T0 + 300 * MIN, 181) in expected  # spans whole blocks
     # the one-join fallback for stores with many candidate runs gives the same answer
-    monkeypatch.setattr(history, "_MAX_RANGES", 0)
+    monkeypatch.setattr(ranges, "_MAX_RANGES", 0)
     assert history.gaps(db=path).rows() == got.rows()
     assert history.gaps(db=path, symbol="BBBUSDT").rows() == got.filter(pl.col("symbol") == "BBBUSDT").rows()
 

@@ -74,3 +74,37 @@ def test_range_arithmetic_matches_sets(a, b):
     merged = ranges.merge(ra)
     assert cover(merged) == cover(ra)
     assert all(p[1] < q[0] for p, q in zip(merged, merged[1:]))  # disjoint, not touching
+
+
+def _naive_holes(frame: pl.DataFrame, lo: int | None, hi: int | None) -> dict[str, list[tuple[int, int]]]:
+    """Holes the obvious way: consecutive candles inside [lo, hi) more than a minute apart."""
+    t = pl.col("open_time").dt.epoch("ms")
+    inside = frame.with_columns(t=t).filter(pl.col("t") >= (lo if lo is not None else -(2**62)),
+                                            pl.col("t") < (hi if hi is not None else 2**62))
+    found = (inside.sort("symbol", "t").with_columns(nt=pl.col("t").shift(-1).over("symbol"))
+             .filter(pl.col("nt") - pl.col("t") > MINUTE))
+    out: dict[str, list[tuple[int, int]]] = {}
+    for s, a, b in found.select("symbol", "t", "nt").iter_rows():
+        out.setdefault(s, []).append((a + MINUTE, b))
+    return out
+
+
+def test_holes_across_blocks_windows_and_both_read_paths(tmp_path, monkeypatch):
+    """The two-pass finder (day blocks shrunk to 60 minutes) against a plain diff: holes inside,
+    across and over whole blocks, windows that cut holes and blocks, a subset of symbols."""
+    monkeypatch.setattr(ranges, "_BLOCK", 60)
+    db = tmp_path / "b.duckdb"
+    n = 600
+    make(db, {"AAAUSDT": [(5, 8), (59, 61), (119, 300), (430, 431)], "BBBUSDT": [(0, 2), (359, 420), (599, 600)],
+              "CCCUSDT": []}, n)
+    stored = store.query("SELECT symbol, open_time FROM klines", db=db)
+    windows = [(None, None), (at(0), at(n)), (at(7), at(125)), (at(60), at(360)), (at(200), None), (None, at(59))]
+    for lo, hi in windows:
+        for syms in (["AAAUSDT", "BBBUSDT", "CCCUSDT"], ["BBBUSDT"]):
+            expected = {s: r for s, r in _naive_holes(stored, lo, hi).items() if s in syms}
+            assert ranges.holes(syms, "1m", lo, hi, db=db) == expected, (lo, hi, syms)
+            monkeypatch.setattr(ranges, "_MAX_RANGES", 0)  # the one-join read-back
+            assert ranges.holes(syms, "1m", lo, hi, db=db) == expected, (lo, hi, syms, "join")
+            monkeypatch.setattr(ranges, "_MAX_RANGES", 400)
+    assert ranges.holes(["AAAUSDT"], "1m", db=db)["AAAUSDT"] == [(at(5), at(8)), (at(59), at(61)),
+                                                                  (at(119), at(300)), (at(430), at(431))]
