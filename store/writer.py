@@ -416,8 +416,10 @@ class Writer:
                 raise StoreError(f"compacting {self.path} failed: {exc}") from exc
             finally:
                 con.close()
-            if fresh.with_name(fresh.name + ".wal").exists():
-                raise StoreError(f"compacting {self.path}: the copy kept a WAL; left the file as it was")
+            if fresh.with_name(fresh.name + ".wal").exists() or self.path.with_name(self.path.name + ".wal").exists():
+                # a WAL beside either file belongs to it: renaming would pair it with the wrong one
+                fresh.unlink(missing_ok=True)
+                raise StoreError(f"compacting {self.path}: a write-ahead log was left; kept the file as it was")
             os.replace(fresh, self.path)  # atomic: readers see the old file or the new one
             self.compactions += 1
             log.info("compacted %s: %d of %d blocks were free", self.path, free, total)
