@@ -135,10 +135,18 @@ def build(
     *,
     end: dt.datetime = END,
     progress: bool = False,
+    order: str = "symbol",
 ) -> Path:
-    """Write a ``symbols`` x ``days`` 1m store at ``path`` (replaced if present); returns the path."""
+    """Write a ``symbols`` x ``days`` 1m store at ``path`` (replaced if present); returns the path.
+
+    ``order="symbol"`` stores rows sorted by (symbol, open_time), as an import leaves
+    them; ``"time"`` by (open_time, symbol), as a year of live appends would (to
+    measure what the layout does to queries).
+    """
     if symbols < 1 or days < 1:
         raise ValueError(f"need symbols >= 1 and days >= 1, got {symbols} and {days}")
+    if order not in ("symbol", "time"):
+        raise ValueError(f"order must be 'symbol' or 'time', got {order!r}")
     path = Path(path)
     for p in (path, Path(f"{path}.wal")):
         p.unlink(missing_ok=True)
@@ -156,20 +164,30 @@ def build(
 
         bar = tqdm(total=len(chosen), unit="symbol", desc=f"building {path.name}")
     con = duckdb.connect(str(path))
+    # time order: stage per symbol in temporary tables, then insert sorted by time
+    target = {"klines": "klines", "indicators": "indicators"}
+    if order == "time":
+        for table in target:
+            con.execute(f"CREATE TEMP TABLE stage_{table} AS SELECT * FROM {table} LIMIT 0")
+            target[table] = f"stage_{table}"
     try:
         for i, spec in enumerate(chosen):
             drop = windows + _holes(np.random.default_rng([seed, 7, i]), minutes)
             frame = symbol_frame(spec, factor, t0_us, seed, drop)
             con.register("f", frame.to_arrow())
-            con.execute("INSERT INTO klines SELECT * FROM f")
+            con.execute(f"INSERT INTO {target['klines']} SELECT * FROM f")
             con.unregister("f")
             if indicators:
                 ind = add_signal(add_indicators(frame.select("symbol", "interval", "open_time", "close")))
                 con.register("f", ind.select(list(INDICATOR_SCHEMA)).to_arrow())
-                con.execute("INSERT INTO indicators SELECT * FROM f")
+                con.execute(f"INSERT INTO {target['indicators']} SELECT * FROM f")
                 con.unregister("f")
             if bar is not None:
                 bar.update()
+        if order == "time":
+            for table, stage in target.items():
+                con.execute(f"INSERT INTO {table} SELECT * FROM {stage} ORDER BY open_time, symbol")
+                con.execute(f"DROP TABLE {stage}")
         checked = end.replace(tzinfo=None)
         for a, b in windows:
             lo, hi = start + dt.timedelta(minutes=a), start + dt.timedelta(minutes=b)
@@ -248,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--symbols", type=_positive, default=50, help="number of symbols (default 50)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-indicators", action="store_true", help="leave the indicators table empty")
+    ap.add_argument("--order", choices=("symbol", "time"), default="symbol",
+                    help="row order on disk: by symbol then time (an import), or by time (live appends); with --out")
     ap.add_argument("--out", type=Path, help="file to write (default: the cache file under benchmarks/.cache/)")
     args = ap.parse_args(argv)
     started = time.perf_counter()
@@ -256,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.out.is_dir():
             ap.error(f"--out {args.out} is a folder; give a file path")
-        path = build(args.out, args.symbols, args.days, args.seed, not args.no_indicators, progress=True)
+        path = build(args.out, args.symbols, args.days, args.seed, not args.no_indicators, progress=True,
+                     order=args.order)
     size = path.stat().st_size
     rows = store.query("SELECT count(*) AS n FROM klines", db=path)["n"][0]
     print(f"{path}: {rows:,} candles, {size / 1e6:,.0f} MB, {size / max(rows, 1):.1f} bytes/candle, "
