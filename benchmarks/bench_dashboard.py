@@ -133,6 +133,14 @@ def wait_answer(server, timeout: float = 120) -> float:
     return time.monotonic()
 
 
+def new_page(b, **kwargs):
+    """A tab with generous timeouts: on a loaded 2-core box a page can take minutes to load."""
+    page = b.new_page(**kwargs)
+    page.set_default_timeout(300_000)
+    page.set_default_navigation_timeout(300_000)
+    return page
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -143,7 +151,7 @@ def bench_startup(store: Path, runs: int, tmp: Path) -> list[dict]:
     results = []
     with browser() as b:
         for run in range(runs):
-            page = b.new_page(viewport=VIEWPORT)
+            page = new_page(b, viewport=VIEWPORT)
             page.goto("about:blank")
             server = serve_app(["--demo", "--db", str(store)], tmp / f"startup{run}.log", serve_args=["--warm"])
             try:
@@ -216,7 +224,7 @@ def serve_file(app: Path, port: int, log: Path) -> subprocess.Popen:
 
 def time_page(b, url: str, done, viewport=VIEWPORT) -> float:
     """Seconds from the page request to ``done`` (a state check, or JS returning true)."""
-    page = b.new_page(viewport=viewport)
+    page = new_page(b, viewport=viewport)
     try:
         page.goto("about:blank")
         t0 = time.monotonic()
@@ -418,7 +426,7 @@ def bench_latency(tab_counts: list[int], window: float, tmp: Path) -> list[dict]
         proc = psutil.Process(server.proc.pid)
         with browser() as b:
             # warm up: the first page waits for the backfill of 50 x 1000 candles
-            first = b.new_page(viewport=SMALL)
+            first = new_page(b, viewport=SMALL)
             first.goto(server.url)
             wait_state(first, complete, 120)
             first.close()
@@ -429,7 +437,7 @@ def bench_latency(tab_counts: list[int], window: float, tmp: Path) -> list[dict]
                 extra = start_clients(server.url, clients, tmp / "clients.log") if clients else None
                 tabs = []
                 for _ in range(n):
-                    page = b.new_page(viewport=SMALL if n > 1 else VIEWPORT)
+                    page = new_page(b, viewport=SMALL if n > 1 else VIEWPORT)
                     console = Console()
                     console.attach(page)
                     page.goto(server.url)
@@ -512,7 +520,7 @@ def bench_cycles(cycles: int, synced: int, tmp: Path) -> dict:
         wait_answer(server)
         proc = psutil.Process(server.proc.pid)
         with browser() as b:  # let the backfill finish before counting
-            page = b.new_page(viewport=SMALL)
+            page = new_page(b, viewport=SMALL)
             page.goto(server.url)
             wait_state(page, complete, 120)
             page.close()
@@ -536,7 +544,7 @@ def bench_cycles(cycles: int, synced: int, tmp: Path) -> dict:
         took["synced"] = (time.monotonic() - started) / max(synced, 1)
         mark(f"+ {synced} websocket sessions")
         with browser() as b:
-            page = b.new_page(viewport=SMALL)
+            page = new_page(b, viewport=SMALL)
             page.goto(server.url)
             shown = sessions_shown(wait_state(page, lambda s: sessions_shown(s) is not None, 60))
             page.close()

@@ -73,6 +73,7 @@ class SharedFeed:
         self.task: asyncio.Task | None = None
         self._stopping = False
         self._decimals: dict[str, int] = {}
+        self._stored_tickers = self._load_tickers()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._sessions: set[str] = set()
         self._lock = threading.Lock()
@@ -189,9 +190,35 @@ class SharedFeed:
         now = time.monotonic()
         version, at = self._snapshot_key
         if self._snapshot is None or (version != self.state.version and now - at >= max_age):
-            self._snapshot = self.state.snapshot()
+            self._snapshot = self._seeded(self.state.snapshot())
             self._snapshot_key = (self.state.version, now)
         return self._snapshot
+
+    def _load_tickers(self) -> pl.DataFrame | None:
+        """The stored 24h tickers, so the first page after a restart has its heatmap and table
+        filled before the ticker stream has sent every symbol (it takes 1-2 s per symbol)."""
+        try:
+            return store.query("SELECT symbol, last_price, price_change_pct, quote_volume, volume FROM tickers",
+                               db=self.db, timeout=5)
+        except store.StoreError as exc:
+            log.info("no stored tickers to start the heatmap with: %s", exc)
+            return None
+
+    def _seeded(self, snap: pl.DataFrame) -> pl.DataFrame:
+        seed = self._stored_tickers
+        if seed is None or seed.height == 0:
+            return snap
+        cols = [c for c in seed.columns if c != "symbol"]
+        if all(c in snap.columns for c in cols) and snap.select(pl.col(cols).null_count().sum_horizontal()).item() == 0:
+            self._stored_tickers = None  # every symbol has live values now
+            return snap
+        if snap.height == 0:  # no candles in memory yet
+            snap = pl.DataFrame({"symbol": list(self.config.symbols)})
+        stored = seed.rename({c: f"{c}_stored" for c in cols})
+        out = snap.join(stored, on="symbol", how="left")
+        return out.with_columns(
+            (pl.coalesce(c, f"{c}_stored") if c in snap.columns else pl.col(f"{c}_stored")).alias(c) for c in cols
+        ).drop([f"{c}_stored" for c in cols])
 
 
     def price_decimals(self) -> dict[str, int]:

@@ -222,3 +222,25 @@ def test_a_demo_database_is_not_mixed_into_a_real_one(tmp_path):
     code = exit_code(server)
     out = server.output()
     assert code == 2 and "binance-futures" in out and "Traceback" not in out, out[-3000:]
+
+
+def test_the_first_snapshot_is_seeded_from_the_stored_tickers(tmp_path):
+    """After a restart the heatmap and table show the stored 24h values until live tickers arrive."""
+    import polars as pl
+
+    from dashboard.config import AppConfig
+    from dashboard.live import SharedFeed
+    from market.schema import TICKER_SCHEMA
+
+    db = store.prepare(tmp_path / "t.duckdb", "binance-futures")
+    rows = [{**dict.fromkeys(TICKER_SCHEMA), "symbol": s, "event_time": dt.datetime(2026, 11, 29), "last_price": p,
+             "price_change_pct": pct, "quote_volume": qv, "volume": 10.0}
+            for s, p, pct, qv in (("BTCUSDT", 97000.5, 1.5, 1.2e10), ("ETHUSDT", 3000.25, -2.0, 6.1e9))]
+    w = store.Writer(db, market="binance-futures")
+    w.add_tickers(pl.DataFrame(rows, schema=TICKER_SCHEMA))
+    w.close()
+    feed = SharedFeed(AppConfig(db=str(db), symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"]))
+    snap = feed.snapshot()
+    assert snap["symbol"].to_list() == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    assert snap["price_change_pct"].to_list() == [1.5, -2.0, None]
+    assert snap["quote_volume"].to_list()[:2] == [1.2e10, 6.1e9] and snap["last_price"][0] == 97000.5
