@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import store  # noqa: E402
+from benchmarks.bench_refresh import best  # noqa: E402
 from benchmarks.bigstore import cached  # noqa: E402
 from market.schema import interval_ms  # noqa: E402
 from store import ranges  # noqa: E402
@@ -42,15 +42,6 @@ def old_holes(symbols, interval, lo, hi, db) -> dict:
     for s, a, b in store.query(_OLD, [step, interval, symbols, lo, hi, step], db=db).iter_rows():
         out.setdefault(s, []).append((a, b))
     return out
-
-
-def best(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ shape REST requests are built from. ``missing()`` reads the holes between stored
 candles (plus the head and tail of a wanted window) and subtracts the ranges in
 ``empty_ranges`` (minutes REST confirmed absent: no trades, maintenance, before a
 listing); ``record_empty()`` adds to that table. The backfill, the live pipeline's
-gap repair and ``history.gaps()`` all read the same table.
+gap repair and ``history.gaps()`` all read the same table, and the backfill and
+``history.gaps()`` find holes with the same ``stored_gaps()``.
 """
 
 from __future__ import annotations
