@@ -61,7 +61,9 @@ TILES_JS = r"""
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("layout")
     srv = serve_app(["--demo", "--db", str(tmp / "demo.duckdb"), "--speed", "5"], tmp / "serve.log",
-                    serve_args=["--warm"])
+                    # a session must outlive a slow page load: a tab that connects after Bokeh
+                    # reaped its session gets a rebuilt one whose stylesheets point at the CDN
+                    serve_args=["--warm", "--unused-session-lifetime", "600000"])
     try:
         wait_http(srv.url.removesuffix("/app") + "/static/extensions/panel/panel.min.js", 120, srv.proc)
         yield srv
@@ -110,6 +112,12 @@ def test_layout_fits_and_reads(server, chromium, tmp_path, width, height, theme)
         state = wait_state(page, lambda s: complete(s) and s["table"]["with_rsi"] == s["table"]["rows"], 400,
                            what="a complete page")
         page.wait_for_timeout(2500)  # a table refresh with the prices' decimals known
+        # Tabulator's own stylesheet (a <link> in its shadow root) can arrive long after the
+        # models on a loaded box: until it does, header and cells stack like plain text
+        for _ in range(600):
+            if page.locator(".tabulator-col").first.evaluate("e => getComputedStyle(e).display") != "block":
+                break
+            page.wait_for_timeout(200)
         whole_page(page, ARTIFACTS / f"layout-{width}-{theme}.png")
 
         # nothing scrolls sideways: the page, the main area, the table
