@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import sys
 import threading
 import time
 
 import polars as pl
-from tqdm import tqdm
 
 from market import cli
 from market.binance import parse_rest_klines
 from market.rest import KlineClient, RateLimited, RegionBlocked, RestError, SymbolRejected, absent_ranges
 from market.schema import INTERVAL_MS, interval_ms
 from store import ranges
+from store.backfill_report import Progress, Result, say
 from store.backfill_args import PROG, BackfillConfig, parse_args
 from store.db import StoreError, prepare
 from store.refresh import Refresher
@@ -60,22 +59,6 @@ def plan(rng: tuple[int, int], step: int, max_limit: int, page: int) -> list[tup
     return out
 
 
-@dataclasses.dataclass
-class Result:
-    candles: int = 0
-    requests: int = 0
-    weight: int = 0
-    empty_recorded: int = 0
-    indicator_series: int = 0  # series whose indicators were brought up to date
-    indicator_rows: int = 0
-    failed: dict[str, str] = dataclasses.field(default_factory=dict)
-    fatal: str | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failed or self.fatal else 0
-
-
 class Backfill:
     """One run: ``await Backfill(config).run()``; see the module docstring."""
 
@@ -96,7 +79,6 @@ class Backfill:
         self._empty: list[tuple[str, str, int, int]] = []  # confirmed, not yet recorded
         self._left: collections.Counter = collections.Counter()  # jobs per (symbol, interval)
         self._done: collections.Counter = collections.Counter()  # candles stored per (symbol, interval)
-        self._seen: collections.Counter = collections.Counter()  # candles asked for per (symbol, interval)
 
     async def run(self) -> Result:
         try:
@@ -135,21 +117,15 @@ class Backfill:
         # a run killed between a series' candles and its indicators left candles without them
         stale = await asyncio.to_thread(self.indicators.check, self._wanted, set(keys))
         if stale:
-            tqdm.write(f"{stale} series hold candles without indicators: refreshing them", file=sys.stderr)
-        self._size = collections.Counter()
+            say(f"{stale} series hold candles without indicators: refreshing them")
+        sizes = dict.fromkeys(keys, 0)
         for s, i, a, b, _ in jobs:
-            self._size[(s, i)] += (b - a) // interval_ms(i)
-        total = sum(self._size.values())
-        log.info("%d candles to fetch in %d requests", total, len(jobs))
+            sizes[(s, i)] += (b - a) // interval_ms(i)
+        log.info("%d candles to fetch in %d requests", sum(sizes.values()), len(jobs))
         queue: asyncio.Queue[Job] = asyncio.Queue()
         for job in jobs:
             queue.put_nowait(job)
-        bars = dict(unit="candle", unit_scale=True, disable=not self.progress, file=sys.stderr,
-                    mininterval=0.5, dynamic_ncols=True)
-        with tqdm(total=total, desc="all", position=0, **bars) as bar, \
-                tqdm(total=0, desc="", position=1, leave=False, **bars) as sym_bar:
-            self._bar, self._sym_bar, self._keys = bar, sym_bar, keys
-            self._next_symbol()
+        with Progress(sizes, self._left, enabled=self.progress) as self._shown:
             flusher = asyncio.create_task(self._flusher())
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -221,32 +197,17 @@ class Backfill:
                     raise
                 except RestError as exc:
                     self._fail(symbol, f"{symbol}: {exc}")
-            n = (b - a) // interval_ms(interval)
-            self._bar.update(n)
             key = (symbol, interval)
             self._left[key] -= 1
-            self._seen[key] += n
-            if key == self._current:
-                self._sym_bar.update(n)
             if not self._left[key]:
                 self.indicators.done(key)  # refreshed after the flush that stores its last page
-                if symbol not in self.result.failed:
-                    tqdm.write(f"{symbol} {interval}: {self._done[key]:,} candles stored", file=sys.stderr)
-                if key == self._current:
-                    self._next_symbol()
-
-    def _next_symbol(self) -> None:
-        """Point the per-symbol bar at the first series with requests left."""
-        self._current = next((k for k in self._keys if self._left[k]), None)
-        if self._current is not None:
-            self._sym_bar.set_description(" ".join(self._current), refresh=False)
-            self._sym_bar.reset(total=self._size[self._current])
-            self._sym_bar.update(self._seen[self._current])
+            stored = None if symbol in self.result.failed else self._done[key]
+            self._shown.advance(key, (b - a) // interval_ms(interval), stored)
 
     def _fail(self, symbol: str, message: str) -> None:
         if symbol not in self.result.failed:
             self.result.failed[symbol] = message
-            tqdm.write(f"skipping {message}", file=sys.stderr)
+            say(f"skipping {message}")
 
     async def _fetch(self, job: Job, now: int) -> None:
         symbol, interval, a, b, limit = job
@@ -329,14 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result = asyncio.run(backfill.run())
     budget = ", ".join(w.describe() for w in backfill.client.limiter.windows)
-    print(f"backfill: {result.candles:,} candles stored, {result.requests:,} requests "
-          f"(weight {result.weight:,}; budget {budget}), {result.empty_recorded} empty ranges recorded, "
-          f"indicators of {result.indicator_series} series refreshed ({result.indicator_rows:,} rows)",
-          file=sys.stderr)
-    for message in result.failed.values():
-        print(f"failed: {message}", file=sys.stderr)
-    if result.fatal:
-        print(f"error: {result.fatal}", file=sys.stderr)
+    for line in result.summary(budget):
+        print(line, file=sys.stderr)
     return result.exit_code
 
 
