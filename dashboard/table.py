@@ -28,10 +28,9 @@ TABLE_COLUMNS = ("symbol", "price", "change_pct", "quote_volume", "rsi", "stoch_
                  "stoch_d", "signal")
 TITLES = {"symbol": "Symbol", "price": "Last", "change_pct": "24h %", "quote_volume": "24h vol",
           "rsi": "RSI", "stoch_k": "K", "stoch_d": "D", "signal": "Signal"}
-#: Column widths (px) that hold every title, its header filter and whole values
-#: (1000PEPEUSDT, 104,567.8, cross_down): ~660 px, side by side with the heatmap at 1920 px.
-WIDTHS = {"symbol": 128, "price": 104, "change_pct": 72, "quote_volume": 78, "rsi": 62,
-          "stoch_k": 52, "stoch_d": 52, "signal": 110}
+#: The table's natural width (columns fitted to titles, filters and values): the
+#: page puts it beside the heatmap only when it gets at least this much.
+MIN_WIDTH = 820
 MAX_DECIMALS = 8
 
 
@@ -147,7 +146,7 @@ def signal_table(df: pd.DataFrame, *, height: int = 420, decimals: Mapping[str, 
     return pn.widgets.Tabulator(
         df, show_index=False, disabled=True, selectable=1, height=height,
         sizing_mode="stretch_width", layout="fit_data_stretch", frozen_columns=["symbol"],
-        titles=dict(TITLES), widths=dict(WIDTHS),
+        titles=dict(TITLES),
         formatters={
             "price": price_formatter(table_decimals(df, decimals)),
             "change_pct": NumberFormatter(format="+0.00", text_color=transform(

@@ -19,6 +19,7 @@ import polars as pl
 from dashboard.chart_panel import ChartPanel
 from dashboard.heatmap import Heatmap
 from dashboard.live import SharedFeed
+from dashboard.table import MIN_WIDTH as TABLE_MIN_WIDTH
 from dashboard.table import price_formatter, signal_table, signal_table_frame, table_decimals
 from dashboard.theme import session_theme
 
@@ -170,14 +171,14 @@ class Dashboard(pn.viewable.Viewer):
                            sizing_mode="stretch_width")],
             main=[
                 pn.Column(self._progress, self._chart, sizing_mode="stretch_width"),
-                # side by side when both get >= 560 px (1920 px screens), stacked at 1366 px
+                # side by side when the table gets its natural width (1920 px screens), stacked at 1366 px
                 pn.FlexBox(
                     pn.Column(pn.Row("### Heatmap", pn.widgets.Checkbox.from_param(
                                   self.param.size_by_volume, margin=(22, 10, 0, 20)), sizing_mode="stretch_width"),
                               pn.pane.Bokeh(self._heatmap.figure, sizing_mode="stretch_width"),
                               sizing_mode="stretch_width", styles={"flex": "1 1 560px", "min-width": "0"}),
                     pn.Column("### Signals", self._table, sizing_mode="stretch_width",
-                              styles={"flex": "1 1 560px", "min-width": "0"}),
+                              styles={"flex": f"1 1 {TABLE_MIN_WIDTH}px", "min-width": "0"}),
                     flex_wrap="wrap", sizing_mode="stretch_width",
                 ),
             ],
