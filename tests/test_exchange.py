@@ -160,7 +160,7 @@ async def test_streams_format_rate_and_one_final_per_candle() -> None:
         # ... and its open is the open of the minute 24 h back
         tick = next(t for t in tickers["BTCUSDT"] if t["E"] % MIN)
         day_ago = tick["E"] // MIN * MIN - 1439 * MIN
-        async with httpx.AsyncClient(base_url=ex.rest_base) as http:
+        async with httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
             row = (await http.get("/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "1m", "startTime": day_ago, "limit": 1})).json()[0]
         assert row[0] == day_ago and row[1] == tick["o"]
         assert float(tick["l"]) <= float(tick["c"]) <= float(tick["h"]) and tick["L"] - tick["F"] + 1 == tick["n"]
@@ -171,7 +171,7 @@ async def test_final_klines_equal_rest_rows_and_history() -> None:
         streams = "btcusdt@kline_1m/1000pepeusdt@kline_1m"
         async with connect(f"{ex.ws_base}/stream?streams={streams}") as ws:
             frames = await collect_until(ws, lambda f: finals_seen("btcusdt@kline_1m", 2)(f) and finals_seen("1000pepeusdt@kline_1m", 2)(f))
-        async with httpx.AsyncClient(base_url=ex.rest_base) as http:
+        async with httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
             for sym in ("BTCUSDT", "1000PEPEUSDT"):
                 finals = [k for k in klines(frames, f"{sym.lower()}@kline_1m") if k["x"]]
                 assert len(finals) >= 2
@@ -195,7 +195,7 @@ async def test_longer_intervals_aggregate_the_minutes_exactly() -> None:
         five = [k for k in klines(frames, "ethusdt@kline_5m") if k["x"]]
         ones = {k["t"]: k for k in klines(frames, "ethusdt@kline_1m") if k["x"]}
         assert five and all(k["t"] % (5 * MIN) == 0 for k in five)
-        async with httpx.AsyncClient(base_url=ex.rest_base) as http:
+        async with httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
             rows = (await http.get("/fapi/v1/klines", params={"symbol": "ETHUSDT", "interval": "5m", "startTime": five[0]["t"], "limit": len(five)})).json()
         assert rows == [row_of(k) for k in five]
         whole = [k for k in five if all(k["t"] + i * MIN in ones for i in range(5))]
@@ -213,7 +213,7 @@ async def test_longer_intervals_aggregate_the_minutes_exactly() -> None:
 async def test_rest_params_limits_errors_and_both_paths() -> None:
     # speed=0 with no subscriber: the sim clock stands still at START
     async with LocalExchange(symbols=("BTCUSDT", "SOLUSDT"), speed=0, start_time=START, history_minutes=2000) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
 
         async def get(path="/fapi/v1/klines", **params):
             r = await http.get(path, params={"symbol": "BTCUSDT", "interval": "1m", **params})
@@ -253,7 +253,7 @@ async def test_rest_params_limits_errors_and_both_paths() -> None:
 
     # mid-minute, REST's last row is the forming candle (as Binance does); history() is closed only
     async with LocalExchange(symbols=("BTCUSDT",), speed=0, start_time=START + 30_000, history_minutes=60) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         rows = (await http.get("/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "1m"})).json()
         assert len(rows) == 61 and rows[-1][0] == START and rows[-1][6] > ex.now_ms()
         assert rows[-1][1] == rows[-2][4] and float(rows[-1][5]) > 0
@@ -295,7 +295,7 @@ async def test_replay_sends_every_recorded_frame_once() -> None:
             assert await collect(ws, 0.3) == []  # no loop: it stops at the end
         assert got == [raw for _, raw in recorded]  # byte for byte, other streams included
         final = next(json.loads(raw)["data"]["k"] for raw in got if '"sushiusdt@kline_1m"' in raw and '"x":true' in raw)
-        async with httpx.AsyncClient(base_url=ex.rest_base) as http:
+        async with httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
             rows = (await http.get("/fapi/v1/klines", params={"symbol": "SUSHIUSDT", "interval": "1m"})).json()
             assert rows == [row_of(final)]
             assert (await http.get("/fapi/v1/klines", params={"symbol": "BTCUSDT", "interval": "1m"})).status_code == 400
@@ -323,7 +323,7 @@ async def test_drop_connections_closes_without_close_frame() -> None:
                 while True:
                     await asyncio.wait_for(ws.recv(), 20)
             assert info.value.rcvd is None  # abrupt: 1006, no close frame
-        async with connect(url) as ws, httpx.AsyncClient(base_url=ex.rest_base) as http:
+        async with connect(url) as ws, httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
             await ws.recv()  # reconnecting works
             r = await http.post("/_control/drop_connections")
             assert r.json() == {"ok": True, "dropped": 1}
@@ -334,7 +334,7 @@ async def test_drop_connections_closes_without_close_frame() -> None:
 
 async def test_refuse_rejects_handshakes_with_the_status() -> None:
     async with LocalExchange(symbols=("BTCUSDT",), speed=120, start_time=START) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         url = f"{ex.ws_base}/stream?streams=btcusdt@kline_1m"
         ex.refuse(60, 451)
         with pytest.raises(InvalidStatus) as info:
@@ -440,7 +440,7 @@ async def test_duplicate_and_late_finals() -> None:
 
 async def test_rest_fail_answers_429_with_retry_after() -> None:
     async with LocalExchange(symbols=("BTCUSDT",), speed=0, start_time=START) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         params = {"symbol": "BTCUSDT", "interval": "1m", "limit": 2}
         ex.rest_fail(2, 429, retry_after=1)
         for _ in range(2):
@@ -455,7 +455,7 @@ async def test_rest_fail_answers_429_with_retry_after() -> None:
 
 async def test_http_control_endpoints() -> None:
     async with LocalExchange(symbols=("BTCUSDT",), speed=120, start_time=START, history_minutes=30) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         async with connect(f"{ex.ws_base}/stream?streams=btcusdt@kline_1m") as ws:
             await ws.recv()
             stats = (await http.post("/_control/stats")).json()
@@ -531,7 +531,7 @@ async def test_cli_serves_until_sigterm_and_exits_0() -> None:
     try:
         info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
         assert info["ws"].startswith("ws://127.0.0.1:") and info["ws"].endswith("/market")
-        async with httpx.AsyncClient(base_url=info["rest"]) as http:
+        async with httpx.AsyncClient(base_url=info["rest"], timeout=120) as http:
             rows = (await http.get("/fapi/v1/klines", params={"symbol": "ETHUSDT", "interval": "1m", "limit": 1000})).json()
             # the exchange's clock (parked at its start: no subscriber yet), not ours: a minute
             # boundary can pass while a loaded box starts the process
@@ -566,7 +566,7 @@ async def test_gap_removes_minutes_from_rest_stream_and_dumps() -> None:
     import zipfile
     day0 = START - START % 86_400_000 - 86_400_000  # the whole day before START: a dump exists
     async with LocalExchange(symbols=("BTCUSDT", "ETHUSDT"), speed=120, start_time=START,
-                             history_minutes=3 * 1440) as ex, httpx.AsyncClient(base_url=ex.rest_base) as http:
+                             history_minutes=3 * 1440) as ex, httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         past = (day0 + 600 * MIN, day0 + 610 * MIN)  # 10 minutes, two whole 5m candles
         r = await http.post("/_control/gap", params={"symbol": "BTCUSDT", "start": past[0], "end": past[1]})
         assert r.json() == {"ok": True}

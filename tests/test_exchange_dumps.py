@@ -88,7 +88,7 @@ async def test_rows_equal_rest_and_1h_aggregates_1m_exactly(tmp_path: Path) -> N
             assert Decimal(h[col]) == sum(Decimal(r[col]) for r in part)
         assert int(h[8]) == sum(int(r[8]) for r in part)
     async with LocalExchange(symbols=("1000PEPEUSDT",), speed=0, start_time=START, history_days=60) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         for interval, lines in (("1m", ones[:1000]), ("1h", hours)):
             params = {"symbol": "1000PEPEUSDT", "interval": interval, "startTime": ms("2023-10-02"), "limit": len(lines)}
             rest = (await http.get("/fapi/v1/klines", params=params)).json()
@@ -98,7 +98,7 @@ async def test_rows_equal_rest_and_1h_aggregates_1m_exactly(tmp_path: Path) -> N
 async def test_the_exchange_serves_the_tree_over_http(tmp_path: Path) -> None:
     base = "/data/futures/um/{}/klines/BTCUSDT/1m/BTCUSDT-1m-{}.zip"
     async with LocalExchange(symbols=("BTCUSDT", "ETHUSDT"), speed=0, start_time=START, history_days=60) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         day = await http.get(base.format("daily", "2023-11-13"))  # yesterday, by the exchange clock
         assert day.status_code == 200 and day.headers["Content-Type"] == "application/zip"
         digest, name = (await http.get(base.format("daily", "2023-11-13") + ".CHECKSUM")).text.split()

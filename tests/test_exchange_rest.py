@@ -23,7 +23,7 @@ def kl(sym: str = "BTCUSDT", **params) -> dict:
 
 async def test_weight_headers_and_exchange_info() -> None:
     async with LocalExchange(symbols=("BTCUSDT", "1000PEPEUSDT"), speed=0, start_time=START) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         r = await http.get("/fapi/v1/klines", params=kl(limit=1000))
         first = int(r.headers["X-MBX-USED-WEIGHT-1M"])
         assert r.status_code == 200 and first >= 5
@@ -46,7 +46,7 @@ async def test_weight_headers_and_exchange_info() -> None:
         assert spot["rateLimits"][0]["limit"] == 6000 and "contractType" not in spot["symbols"][0]
     async with LocalExchange(symbols=("BTCUSDT",), speed=0, start_time=START, weight_window="10s",
                              futures_weight_limit=100, spot_weight_limit=300) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         r = await http.get("/fapi/v1/exchangeInfo")
         assert r.json()["rateLimits"][0] == {"rateLimitType": "REQUEST_WEIGHT", "interval": "SECOND", "intervalNum": 10, "limit": 100}
         assert "X-MBX-USED-WEIGHT-10S" in r.headers
@@ -59,7 +59,7 @@ async def test_over_budget_429_then_418_and_counted() -> None:
         await asyncio.sleep(1)
     async with LocalExchange(symbols=("BTCUSDT",), speed=0, start_time=START, enforce_weights=True,
                              futures_weight_limit=12, weight_window="1d", ban_seconds=7) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         for used in (5, 10):
             r = await http.get("/fapi/v1/klines", params=kl(limit=1000))
             assert r.status_code == 200 and r.headers["X-MBX-USED-WEIGHT-1D"] == str(used)
@@ -86,7 +86,7 @@ async def test_over_budget_429_then_418_and_counted() -> None:
 async def test_a_client_honouring_retry_after_is_never_banned() -> None:
     async with LocalExchange(symbols=("BTCUSDT",), speed=0, start_time=START, enforce_weights=True,
                              futures_weight_limit=10, weight_window="2s", history_minutes=5000) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         got, waits = [], 0
         start = START - 4000 * MIN
         while len(got) < 8:  # weight 5 each: two a window
@@ -103,7 +103,7 @@ async def test_a_client_honouring_retry_after_is_never_banned() -> None:
 
 async def test_ticker_24hr_matches_the_history() -> None:
     async with LocalExchange(symbols=("BTCUSDT", "ETHUSDT", "DOGEUSDT"), speed=0, start_time=START + 12_345,
-                             history_minutes=2000) as ex, httpx.AsyncClient(base_url=ex.rest_base) as http:
+                             history_minutes=2000) as ex, httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         r = await http.get("/fapi/v1/ticker/24hr")
         assert r.headers["X-MBX-USED-WEIGHT-1M"] == "40"
         all_ = r.json()
@@ -128,7 +128,7 @@ async def test_ticker_24hr_matches_the_history() -> None:
 
 async def test_rest_faults_errors_latency_delist_redirect() -> None:
     async with LocalExchange(symbols=("BTCUSDT", "ETHUSDT"), speed=0, start_time=START) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         ex.rest_errors(0.5, 503)
         codes = [(await http.get("/fapi/v1/klines", params=kl(limit=2))).status_code for _ in range(40)]
         assert set(codes) == {200, 503} and codes.count(503) == ex.stats.http_5xx and 8 <= ex.stats.http_5xx <= 32
@@ -160,7 +160,7 @@ async def test_redirected_handshake() -> None:
         # websockets.connect follows redirects itself, so look at the handshake's answer raw
         upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
-        async with httpx.AsyncClient(base_url=ex.rest_base) as http:
+        async with httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
             r = await http.get("/market/stream", params={"streams": "btcusdt@kline_1m"}, headers=upgrade)
             assert r.status_code == 302
             assert r.headers["Location"] == "https://www.binance.com/en/restricted-location"

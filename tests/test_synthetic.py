@@ -54,7 +54,7 @@ def test_prices_stay_plausible_over_years() -> None:
 async def test_rest_serves_a_year_back_and_aggregates_exactly() -> None:
     async with LocalExchange(symbols=SYMS, speed=0, start_time=START, history_days=400) as ex, \
             LocalExchange(symbols=SYMS, speed=0, start_time=START + 5 * DAY_MS, history_days=30) as later, \
-            httpx.AsyncClient() as http:
+            httpx.AsyncClient(timeout=120) as http:
         hour = START - 380 * DAY_MS
         hour -= hour % 3_600_000
         params = {"symbol": "1000PEPEUSDT", "interval": "1m", "startTime": hour, "limit": 60}
@@ -111,7 +111,7 @@ async def test_streamed_finals_equal_rest_rows_in_a_deep_history() -> None:
     import websockets
 
     async with LocalExchange(symbols=("ETHUSDT",), speed=240, start_time=START, history_days=400) as ex, \
-            httpx.AsyncClient(base_url=ex.rest_base) as http:
+            httpx.AsyncClient(base_url=ex.rest_base, timeout=120) as http:
         async with websockets.connect(f"{ex.ws_base}/stream?streams=ethusdt@kline_1m", close_timeout=0.2) as ws:
             finals = []
             async with asyncio.timeout(180):
