@@ -171,6 +171,17 @@ VIEW_JS = r"""
   return null;
 }
 """
+X_OF_JS = r"""
+(t) => {
+  function* walk(v) { yield v; for (const c of v.children()) yield* walk(c) }
+  for (const root of Bokeh.index.roots) for (const v of walk(root)) {
+    const m = v.model;
+    if (m.type === "Figure" && m.left.some((a) => a.axis_label === "Price"))
+      return v.el.getBoundingClientRect().left + v.frame.x_scale.compute(t);
+  }
+  return null;
+}
+"""
 PAN_JS = r"""
 (frac) => {
   function* walk(v) { yield v; for (const c of v.children()) yield* walk(c) }
@@ -284,8 +295,13 @@ def test_pan_zoom_go_to_date_and_live_in_chromium(history_server):
         still = page.evaluate(VIEW_JS)
         assert (still["start"], still["end"]) == (panned["start"], panned["end"])
 
-        # zoom back in to single minutes
-        page.mouse.move(panned["x"], panned["y"])
+        # zoom back in to single minutes, around a time the store holds (30 days back)
+        at = live_time - 30 * DAY
+        if not panned["start"] < at < panned["end"]:
+            assert page.evaluate(PAN_JS, (panned["start"] + panned["end"]) / 2 / (panned["end"] - panned["start"])
+                                 - at / (panned["end"] - panned["start"]))
+            panned = wait_view(page, lambda v: v["start"] < at < v["end"], "the view to hold 30 days back")
+        page.mouse.move(page.evaluate(X_OF_JS, at), panned["y"])
         for _ in range(80):
             page.mouse.wheel(0, -400)
             page.wait_for_timeout(60)
