@@ -229,6 +229,18 @@ class ChartPanel:
         """Back to the newest candles (the view then follows them again)."""
         self._load_live(self.timeframe)
 
+    def go_to_range(self, start: dt.datetime, end: dt.datetime, timeframe: str | None = None) -> None:
+        """Show [start, end] (UTC): at ``timeframe`` if given (pinned), else the Auto level of detail."""
+        x0, x1 = _ms(start), _ms(end)
+        if x1 <= x0:
+            return self.go_to_date(start)
+        if timeframe in lod.TIMEFRAMES and (x1 - x0) / interval_ms(timeframe) <= lod.MAX_CANDLES:
+            self.auto = False
+            self._load(x0, x1, timeframe)
+        else:
+            self._load(x0, x1, lod.pick_timeframe(x1 - x0))
+        self._sync_buttons()
+
     def go_to_date(self, day: dt.date | dt.datetime) -> None:
         """Show the candles from the start of ``day`` (UTC) on, at the current zoom."""
         x0, x1 = self.chart.view()

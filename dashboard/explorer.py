@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-import urllib.parse
 
 import pandas as pd
 import panel as pn
@@ -20,6 +19,7 @@ import param
 import polars as pl
 
 from dashboard.console import Console
+from dashboard.links import chart_link
 from dashboard.live import SharedFeed
 from market.schema import INTERVAL_MS
 from store import StoreError, browse
@@ -27,16 +27,6 @@ from store import StoreError, browse
 PAGE_SIZES = (50, 100, 500)
 CSV_MAX_ROWS = 100_000
 STATUS_EVERY_MS = 1_000
-
-
-def chart_link(symbol: str, interval: str, start: dt.datetime | None, end: dt.datetime | None) -> str:
-    """A link to the chart page showing ``symbol`` at ``interval`` over [start, end]."""
-    q = {"symbol": symbol, "timeframe": interval}
-    if start is not None:
-        q["from"] = start.isoformat(timespec="minutes")
-    if end is not None:
-        q["to"] = end.isoformat(timespec="minutes")
-    return "?" + urllib.parse.urlencode(q)
 
 
 def _pandas(frame: pl.DataFrame) -> pd.DataFrame:

@@ -18,6 +18,7 @@ import polars as pl
 
 from dashboard.chart_panel import ChartPanel
 from dashboard.heatmap import Heatmap
+from dashboard.links import parse_chart_link
 from dashboard.live import SharedFeed
 from dashboard.table import MIN_WIDTH as TABLE_MIN_WIDTH
 from dashboard.table import price_formatter, signal_table, signal_table_frame, table_decimals
@@ -43,7 +44,9 @@ class Dashboard(pn.viewable.Viewer):
     def __init__(self, feed: SharedFeed, **params) -> None:
         symbols = list(feed.config.symbols)
         self.param.symbol.objects = symbols
-        params.setdefault("symbol", symbols[0])
+        # a link from the Data page: ?symbol=...&timeframe=...&from=...&to=...
+        link_symbol, link_timeframe, link_start, link_end = parse_chart_link(pn.state.session_args or {})
+        params.setdefault("symbol", link_symbol if link_symbol in symbols else symbols[0])
         super().__init__(**params)
         self.feed = feed
         self.session_id = id(self)
@@ -54,6 +57,8 @@ class Dashboard(pn.viewable.Viewer):
         self._started = pn.pane.HTML(feed.started_words(), sizing_mode="stretch_width",
                                      css_classes=["recording-since"], styles={"font-size": "12px"})
         self._chart = ChartPanel(feed, self.symbol)
+        if link_start is not None and link_end is not None:
+            self._chart.go_to_range(link_start, link_end, link_timeframe)
         self._heatmap = Heatmap(symbols)
         self._heatmap.on_select(self._select)
         self._theme = session_theme()

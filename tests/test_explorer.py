@@ -120,7 +120,13 @@ def test_data_page_queries_escapes_and_no_lost_candles(app):
         first_symbol.wait_for(timeout=60_000)
         assert first_symbol.inner_text() == "BTCUSDT"
         first_symbol.click()
-        page.get_by_text("open this range on the chart").wait_for(timeout=60_000)
+        link = page.get_by_text("open this range on the chart")
+        link.wait_for(timeout=60_000)
+        link.click()
+        page.wait_for_url(re.compile(r"symbol=BTCUSDT&timeframe=1m&from="), timeout=60_000)
+        # the chart page opens on that range: the 1m button is the one shown, Auto is off
+        page.locator(".bk-btn.bk-active", has_text="1m").wait_for(timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "data-coverage-link.png"))
         page.close()
     assert not [e for e in errors.errors if "favicon" not in e], errors.errors
 
