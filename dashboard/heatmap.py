@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 MODES = {"change": "price_change_pct", "rsi": "rsi"}
 #: Tile layouts: a fixed grid, or areas by 24h quote volume (a treemap).
 LAYOUTS = ("grid", "volume")
-#: Width assumed for the figure when sizing labels (the page stretches it; at 1366 px
-#: wide it gets ~700-1000 px, so labels sized for 640 px fit on every screen we test).
-ASSUMED_WIDTH = 640
+#: Width assumed for the figure's frame when sizing labels (the page stretches it: ~900 px
+#: stacked at 1366 px, ~500 px beside the table at 1920 px; sized for 480 px, labels fit both).
+ASSUMED_WIDTH = 480
 NAME_PX, LABEL_PX = 13.0, 11.0
 
 

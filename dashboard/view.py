@@ -62,7 +62,8 @@ class Dashboard(pn.viewable.Viewer):
         self._heatmap = Heatmap(symbols)
         self._heatmap.on_select(self._select)
         self._theme = session_theme()
-        self._decimals = feed.price_decimals()
+        self._known = feed.price_decimals()  # decimals seen in prices (others: by magnitude, for now)
+        self._decimals = self._known
         self._table = signal_table(signal_table_frame(_table_input(self.feed.snapshot()), order=symbols),
                                    decimals=self._decimals, theme=self._theme)
         self._table.on_click(self._table_click)
@@ -139,8 +140,9 @@ class Dashboard(pn.viewable.Viewer):
         # new value costs ~5 ms and sends ~4 KB. The user's sorters and header filters stay;
         # with a sorter active (the default) the browser rebuilds the rows either way.
         frame = signal_table_frame(snap, order=self.param.symbol.objects)
-        if len(self._decimals) < len(self.param.symbol.objects):  # prices of more symbols seen since
-            decimals = table_decimals(frame, self.feed.price_decimals())
+        if len(self._known) < len(self.param.symbol.objects):  # symbols whose prices were not seen yet
+            self._known = self.feed.price_decimals()
+            decimals = table_decimals(frame, self._known)
             if decimals != self._decimals:
                 self._decimals = decimals
                 self._table.formatters = {**self._table.formatters, "price": price_formatter(decimals)}
