@@ -75,7 +75,9 @@ def demo(tmp_path_factory):
          "--refresh-ms", "250"],
         tmp / "serve.log", serve_args=REAP)
     try:
-        wait_http(server.url, 60, server.proc)
+        # a static file: polling the app itself builds a session per try, and on a busy
+        # box each try outlasts its timeout while the sessions pile up
+        wait_http(f"http://127.0.0.1:{server.port}/static/js/bokeh.min.js", 180, server.proc)
         yield server
     finally:
         stop_checked(server)
@@ -238,9 +240,9 @@ def test_demo_command_as_users_run_it(tmp_path, pages):
     ARTIFACTS.mkdir(exist_ok=True)
     server = serve_app(["--demo"], tmp_path / "serve.log", env={"MARKET_DB": str(tmp_path / "demo.duckdb")})
     try:
-        wait_http(server.url, 60, server.proc)
+        wait_http(f"http://127.0.0.1:{server.port}/static/js/bokeh.min.js", 180, server.proc)
         page = pages.new(server.url, TALL)
-        s0 = wait_state(page, complete, 90, what="a complete page")
+        s0 = wait_state(page, complete, 240, what="a complete page")
         assert s0["heatmap"]["tiles"] == 50 and s0["table"]["rows"] == 50
         assert s0["spacing_ms"] == 60_000 and s0["closed_rows"] >= 500
         wait_state(page, lambda s: "live:" in s["status"] and sessions_shown(s) == 1, 60, what="status 'live'")
@@ -331,7 +333,7 @@ def test_closed_sessions_leave_nothing_behind(tmp_path, pages):
                       unused_session_lifetime_milliseconds=REAP_MS[1])
     url = f"http://127.0.0.1:{port}/app"
     try:
-        wait_http(url, 60)
+        wait_http(f"http://127.0.0.1:{port}/static/js/bokeh.min.js", 180)
         for symbol, timeframe in (("ETHUSDT", "5m"), ("SOLUSDT", "1h")):
             page = pages.new(url)
             wait_state(page, lambda s: s["closed_rows"] > 20 and s["heatmap"] is not None, 60, what="a page")

@@ -37,10 +37,10 @@ def app(tmp_path_factory):
     db = tmp / "explore.duckdb"
     server = serve_app(["--db", str(db), "--symbols", ",".join(SYMBOLS),
                         "--ws-url", f"ws://127.0.0.1:{port}/market", "--rest-url", f"http://127.0.0.1:{port}"],
-                       tmp / "serve.log")
+                       tmp / "serve.log", serve_args=["--warm"])  # recording starts with the server
     try:
         wait_http(f"http://127.0.0.1:{port}/fapi/v1/klines?symbol=BTCUSDT&interval=1m&limit=1", 60)
-        wait_http(server.url + "?page=data", 180, server.proc)  # the first page also starts the feed
+        wait_http(f"http://127.0.0.1:{server.port}/static/js/bokeh.min.js", 180, server.proc)
         yield server, db, f"http://127.0.0.1:{port}"
     finally:
         server.stop()
