@@ -110,8 +110,12 @@ class Feed:
         last_closed: Callable[[str], int | None] = lambda symbol: None,
         rest: KlineClient | None = None,
         empty: EmptyRanges | None = None,
+        first_stored: Callable[[str], int | None] = lambda symbol: None,
     ) -> None:
         self.config = config
+        #: open_time (ms) of a symbol's oldest stored candle: a store that starts after
+        #: (now - lookback) gets its head fetched on every (re)connect
+        self.first_stored = first_stored
         self.empty = empty if empty is not None else EmptyRanges()
         self.queue = queue
         self.last_closed = last_closed
@@ -164,32 +168,53 @@ class Feed:
         step = interval_ms(self.config.interval)
         while True:
             symbols, now_ms, known = await self._requests.get()
+            connect = now_ms is not None  # a (re)connect, not the repair of one hole
             now_ms = now_ms or self._server_now()
+            head_start = (now_ms // step - self.config.lookback) * step
             for i, symbol in enumerate(symbols, 1):
                 last = known[symbol] if known is not None else self.last_closed(symbol)
-                start = last + step if last is not None else (now_ms // step - self.config.lookback) * step
-                start = self.empty.skip(symbol, start)  # never ask again for what the exchange lacks
+                start = last + step if last is not None else head_start
                 self._backfill = f"backfilling {symbol} ({i}/{len(symbols)})"
-                rejected = sum(self.rest.counter.rejected.values())
-                try:
-                    await self.rest.ensure_budget()
-                    frame = await self.rest.fetch(symbol, self.config.interval, start, closed_before=now_ms)
-                except RestError as exc:
-                    self._backfill_errors += 1
-                    log.warning("backfill of %s failed, retrying in 30 s: %s", symbol, exc)
-                    retry = ([symbol], None, {symbol: last})  # the same range, up to the clock then
-                    asyncio.get_running_loop().call_later(30, self._requests.put_nowait, retry)
-                    continue
-                if frame.height and sum(self.rest.counter.rejected.values()) == rejected:
-                    times = frame["open_time"].dt.epoch("ms").to_list()
-                    # stretches skipped before a candle that did come are absent at the exchange
-                    # (unless a row was rejected as malformed: then we cannot tell)
-                    for a, b in absent_ranges(times, start, times[-1], step):
-                        self.empty.found(symbol, a, b)
-                if frame.height:
-                    self.backfilled_rows += frame.height
-                    await self.queue.put(Batch(rest=frame))
+                retry = ([symbol], None, {symbol: last})  # the same range, up to the clock then
+                await self._fetch(symbol, start, now_ms, retry)
+                first = self.first_stored(symbol)
+                if connect and last is not None and first is not None and first > head_start:
+                    # a run killed before its first backfill finished left the store starting
+                    # late: the lookback window before its first candle, up to that candle
+                    await self._fetch(symbol, head_start, first, None)
             self._backfill = ""
+
+    async def _fetch(self, symbol: str, start: int, closed_before: int,
+                     retry: tuple[list[str], None, dict[str, int | None]] | None) -> None:
+        """Closed candles of ``symbol`` in [start, closed_before) to the queue; what the answer
+        proves absent to ``self.empty``. A failure is retried in 30 s (``retry``) or left to
+        the next (re)connect (None)."""
+        step = interval_ms(self.config.interval)
+        start = self.empty.skip(symbol, start)  # never ask again for what the exchange lacks
+        if start >= closed_before:
+            return
+        rejected = sum(self.rest.counter.rejected.values())
+        try:
+            await self.rest.ensure_budget()
+            frame = await self.rest.fetch(symbol, self.config.interval, start, closed_before=closed_before)
+        except RestError as exc:
+            self._backfill_errors += 1
+            log.warning("backfill of %s failed, retrying %s: %s", symbol,
+                        "in 30 s" if retry else "on the next connect", exc)
+            if retry is not None:
+                asyncio.get_running_loop().call_later(30, self._requests.put_nowait, retry)
+            return
+        if frame.height and sum(self.rest.counter.rejected.values()) == rejected:
+            times = sorted(frame["open_time"].dt.epoch("ms").to_list())
+            # Proof of absence is a stretch followed by a candle the exchange did return.
+            # Never the tail of an answer: an answer ending before ``closed_before`` (the
+            # exchange's REST clock behind the stream's, the forming candle, a page end)
+            # proves nothing there; the pipeline's next repair pass asks again.
+            for a, b in absent_ranges(times, start, times[-1], step):
+                self.empty.found(symbol, a, b)
+        if frame.height:
+            self.backfilled_rows += frame.height
+            await self.queue.put(Batch(rest=frame))
 
     def _server_now(self) -> int:
         """The exchange's clock as last seen on the stream (a local exchange may run fast)."""

@@ -28,7 +28,7 @@ from market import cli
 from market.presets import COMMON_FLAGS, DEFAULT_PRESET, DEFAULT_SYMBOLS, Preset, custom_preset, get_preset
 from market.feed import EmptyRanges, Feed, FeedStatus
 from market.live import LiveState
-from market.schema import INDICATOR_SCHEMA, KLINE_SCHEMA, empty
+from market.schema import INDICATOR_SCHEMA, KLINE_SCHEMA, empty, interval_ms
 from market.stream import Batch, FeedConfig
 from store import ranges
 from store.db import StoreError, prepare, resolve_db
@@ -103,7 +103,10 @@ class Pipeline:
         self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=config.queue_size)
         #: ranges REST confirmed absent at the exchange: the feed never asks for them again
         self.empty = EmptyRanges()
-        self.feed = Feed(config.feed_config(), self.queue, last_closed=self.state.last_closed, empty=self.empty)
+        #: per symbol, open_time (ms) of the oldest candle stored or on its way to the store
+        self.first: dict[str, int] = {}
+        self.feed = Feed(config.feed_config(), self.queue, last_closed=self.state.last_closed, empty=self.empty,
+                         first_stored=self.first.get)
         self.started = asyncio.Event()
         self.batches = 0
         #: symbols that delivered a candle or ticker (stream or REST) since the start
@@ -160,6 +163,9 @@ class Pipeline:
             self.writer.add_indicators(rewrite)
         self.history_loaded = True
         with contextlib.suppress(StoreError):
+            for sym, (a, _) in (await asyncio.to_thread(ranges.bounds, cfg.symbols, cfg.interval, db=self.db)).items():
+                self.first[sym] = min(a, self.first.get(sym, a))
+        with contextlib.suppress(StoreError):
             self.empty.load(await asyncio.to_thread(ranges.empty, cfg.symbols, cfg.interval, db=self.db))
         log.info("loaded %d stored candles (%d of them spooled) for %d symbols%s; %d indicator rows to rewrite",
                  stored.height + klines.height, klines.height, len(counts), " late" if late else "",
@@ -200,6 +206,9 @@ class Pipeline:
         self.batches += 1
         if changes.klines.height:  # together: a flush never stores candles without their indicators
             self.writer.add_many({"klines": changes.klines, "indicators": changes.indicators})
+            firsts = changes.klines.group_by("symbol").agg(pl.col("open_time").min().dt.epoch("ms"))
+            for sym, t in firsts.iter_rows():
+                self.first[sym] = min(t, self.first.get(sym, t))
 
     def _drain(self) -> None:
         """Fold in what is still queued or half-read, so a stop loses no closed candle."""
@@ -236,10 +245,15 @@ class Pipeline:
                 except StoreError:
                     self.empty.new[:0] = found  # next time
             now_ms = self.feed.status().last_event_ms or int(time.time() * 1000)
+            step = interval_ms(self.config.interval)
             for symbol, after in self.state.holes(now_ms):
+                if self.empty.skip(symbol, after + step) > after + step:
+                    continue  # REST proved the exchange lacks it (minutes without trades)
                 tries, at = asked.get((symbol, after), (0, 0.0))
-                # twice at most: minutes without trades are missing on the exchange too
-                if tries < 2 and time.monotonic() - at > 30:
+                # Asked again until filled or proven absent, less often each time (30 s, 60 s,
+                # ... 10 min): two tries were the limit, and a hole both came to nothing for
+                # (an answer cut short at the live edge, a failed request) stayed for good.
+                if time.monotonic() - at > min(30 * 2**tries, 600):
                     asked[(symbol, after)] = (tries + 1, time.monotonic())
                     log.info("candles missing for %s after %s: fetching them over REST", symbol,
                              time.strftime("%Y-%m-%d %H:%M", time.gmtime(after / 1000)))
