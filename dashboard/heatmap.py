@@ -181,7 +181,8 @@ class Heatmap:
         """Tile edges (a small gap inside each), text positions and sizes that fit."""
         gap_x, gap_y = 2 / self._px[0], 2 / self._px[1]
         inner = [(l + gap_x, b + gap_y, r - gap_x, t - gap_y) for l, b, r, t in rects]
-        name_px = treemap.label_sizes(inner, names, *self._px, NAME_PX)
+        # bold capitals (W, M) run wider than the average glyph: size names for 0.72 em a letter
+        name_px = treemap.label_sizes(inner, names, *self._px, NAME_PX, char_width=0.72)
         label_px = treemap.label_sizes(inner, labels, *self._px, LABEL_PX, char_width=0.56)
         label_px = [lp if np_ else 0.0 for lp, np_ in zip(label_px, name_px)]  # no value without a name
         mid_y = [(b + t) / 2 for _, b, _, t in inner]
