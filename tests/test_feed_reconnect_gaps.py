@@ -70,8 +70,15 @@ async def test_reconnects_at_high_speed_leave_no_gap_and_no_false_empty_range(tm
                                timeout=120, what="finals after the reconnect")
             end = min(p.state.last_closed(s) for s in syms)
             # every hole inside the run's span repaired within the run
-            await wait_for(lambda: p.writer.pending_rows == 0 and not [
-                h for h in p.state.holes(ex.now_ms()) if h[1] < end], timeout=120, what="holes repaired")
+            try:
+                await wait_for(lambda: p.writer.pending_rows == 0 and not [
+                    h for h in p.state.holes(ex.now_ms()) if h[1] < end], timeout=120, what="holes repaired")
+            except AssertionError:
+                left = [h for h in p.state.holes(ex.now_ms()) if h[1] < end]
+                raise AssertionError(f"holes left: {left[:5]} ({len(left)}), end {end}, "
+                                     f"empty: {list(p.empty._known.items())[:3]}, first {ex.market.first_ms}, "
+                                     f"forming: {[(s, k.open_time) for s, k in list(p.state.forming.items())[:3]]}, "
+                                     f"last: {[(s, p.state.last_closed(s)) for s in syms[:3]]}") from None
             await wait_for(lambda: p.writer.pending_rows == 0, timeout=60, what="written")
             recorded = list(p.empty._known.items())
         for sym in syms:
