@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from bokeh.models import ColumnDataSource, CustomJS, GlyphRenderer, HoverTool
 
+from dashboard.history_chart import AUTORANGE_JS as _AUTORANGE_JS
 from dashboard.history_chart import D_COLOR, K_COLOR, RSI_COLOR
 
 
@@ -71,26 +72,7 @@ def _y_fit(bars: pd.DataFrame, x0: float, x1: float, lo: str, hi: str,
 _Y_FIT = {"price": ("low", "high", (0.05, 0.05)), "volume": ("zero", "volume", (0, 0.1))}
 
 
-# Fit the y range to the bars in view whenever the x range moves (pan, zoom, scroll).
-# HoloViews' own autorange="y" breaks here: it reads a spatial index that its empty
-# glyphs (the live layout's scaffolding) do not have.
-_AUTORANGE_JS = """
-let lo = Infinity, hi = -Infinity
-for (const s of sources) {
-  const L = s.data.left, R = s.data.right, A = s.data[lo_col], B = s.data[hi_col]
-  if (L == null || R == null || A == null || B == null) continue
-  for (let i = 0; i < L.length; i++) {
-    if (R[i] >= xr.start && L[i] <= xr.end) {
-      if (A[i] < lo) lo = A[i]
-      if (B[i] > hi) hi = B[i]
-    }
-  }
-}
-if (isFinite(lo) && isFinite(hi)) {
-  const span = (hi - lo) || Math.abs(hi) || 1
-  yr.setv({start: lo - pad[0] * span, end: hi + pad[1] * span})
-}
-"""
+# The y range follows the bars in view in the browser: the same script as the history chart.
 
 
 def _autorange_y(fig, lo: str, hi: str, pad: tuple[float, float]) -> None:

@@ -99,7 +99,7 @@ def y_fit(data: dict[str, np.ndarray], x0: float, x1: float, pane: str) -> tuple
 
 # Fit price and volume to the bars in view whenever the x range moves, in the browser
 # (no round trip): the server fits them too when it loads or scrolls.
-_AUTORANGE_JS = """
+AUTORANGE_JS = """
 let lo = Infinity, hi = -Infinity
 for (const s of sources) {
   const L = s.data.left, R = s.data.right, A = s.data[lo_col], B = s.data[hi_col]
@@ -167,7 +167,7 @@ class CandleChart:
             if name in _FIT:
                 lo, hi, pad = _FIT[name]
                 cb = CustomJS(args=dict(sources=[self.closed, self.forming], xr=self.x_range, yr=fig.y_range,
-                                        lo_col=lo, hi_col=hi, pad=list(pad)), code=_AUTORANGE_JS)
+                                        lo_col=lo, hi_col=hi, pad=list(pad)), code=AUTORANGE_JS)
                 self.x_range.js_on_change("start", cb)
                 self.x_range.js_on_change("end", cb)
             self.figures[name] = fig
