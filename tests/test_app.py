@@ -62,9 +62,12 @@ def stop_checked(server: ServeProcess) -> None:
     code = server.stop(timeout=120)  # SIGINT: final flush and teardown; slow on a loaded box
     log = server.output()
     assert code == 0, f"exit code {code}\n{log[-4000:]}"
-    # Tornado logs a traceback when a tab closes mid-send: noise; anything else is a bug
+    # Tornado logs a traceback when a tab closes mid-send, and Bokeh one when a patch from a
+    # closing tab arrives after its session was detached (bokeh/server/connection.py asserts
+    # the session): noise inside the server's own teardown of a tab; anything else is a bug
     tracebacks = re.split(r"(?=Traceback \(most recent call last\))", log)[1:]
-    bad = [t for t in tracebacks if "WebSocketClosedError" not in t and "StreamClosedError" not in t]
+    noise = ("WebSocketClosedError", "StreamClosedError", "assert self._session is not None")
+    bad = [t for t in tracebacks if not any(n in t for n in noise)]
     assert not bad, "\n".join(bad)[-4000:]
 
 
