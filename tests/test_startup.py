@@ -191,10 +191,6 @@ def test_sigterm_writes_the_candles_closed_since_the_last_flush(tmp_path):
             server.proc.kill()
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda p: p.mkdir() or p, "is a folder"),
-    (lambda p: (p.write_text("not a database " * 10), p)[1], "is not a DuckDB database"),
-])
 def exit_code(server: ServeProcess, timeout: float = 120) -> int:
     """The exit code of a server expected to stop by itself (killed if it does not)."""
     try:
@@ -205,6 +201,10 @@ def exit_code(server: ServeProcess, timeout: float = 120) -> int:
         raise AssertionError(f"the server kept running:\n{server.output()[-3000:]}") from None
 
 
+@pytest.mark.parametrize("make, words", [
+    (lambda p: p.mkdir() or p, "is a folder"),
+    (lambda p: (p.write_text("not a database " * 10), p)[1], "is not a DuckDB database"),
+])
 def test_an_unusable_database_stops_the_start_with_one_line(tmp_path, make, words):
     bad = make(tmp_path / "bad.duckdb")
     server = serve_app(["--demo", "--db", str(bad), "--symbols", "BTCUSDT"], tmp_path / "serve.log",
