@@ -12,7 +12,6 @@ compare with an older commit, run the same file from an export of that commit
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import statistics
 import sys
@@ -22,26 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one plain line, exit 2
-        self.exit(2, f"bench_page_build: {message}\n")
+from benchmarks.bigstore import Parser, positive  # noqa: E402
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(description="Time building one session's dashboard page on the server.")
-    ap.add_argument("--runs", type=_positive, default=7, help="timed builds after 2 warm-up ones (default 7)")
-    ap.add_argument("--symbols", type=_positive, default=5, help="symbols in the store (default 5)")
+    ap = Parser(prog="bench_page_build", description="Time building one session's dashboard page on the server.")
+    ap.add_argument("--runs", type=positive, default=7, help="timed builds after 2 warm-up ones (default 7)")
+    ap.add_argument("--symbols", type=positive, default=5, help="symbols in the store (default 5)")
     args = ap.parse_args(argv)
 
     import polars as pl

@@ -15,7 +15,6 @@ the file read-only, ``SELECT 1``, closing it.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import random
 import statistics
@@ -25,24 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bigstore import Parser, positive  # noqa: E402
+
 from tqdm import tqdm  # noqa: E402
 
 DAY = 86_400_000
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one plain line, exit 2
-        self.exit(2, f"bench_range: {message}\n")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
 
 
 def pct(values: list[float], q: float) -> float:
@@ -51,8 +39,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(description="Time the chart's answer to pans and zooms on a 1-year store.")
-    ap.add_argument("--changes", type=_positive, default=200, help="range changes to time (default 200)")
+    ap = Parser(prog="bench_range", description="Time the chart's answer to pans and zooms on a 1-year store.")
+    ap.add_argument("--changes", type=positive, default=200, help="range changes to time (default 200)")
     ap.add_argument("--symbol", default="BTCUSDT", help="symbol to chart (default BTCUSDT)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the random views (default 1)")
     args = ap.parse_args(argv)

@@ -245,7 +245,8 @@ def cached(days: int = 365, symbols: int = 50, *, seed: int = 0, indicators: boo
     return target
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
+    """``type=`` for the benchmarks' counts: a whole number, 1 or more."""
     try:
         value = int(text)
     except ValueError:
@@ -255,15 +256,17 @@ def _positive(text: str) -> int:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one plain line, exit 2
-        self.exit(2, f"bigstore: {message}\n")
+class Parser(argparse.ArgumentParser):
+    """The benchmarks' parser: a bad argument is one plain line (``prog: message``), exit 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: {message}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = _Parser(description="Build a realistic long-history 1m store for benchmarks.")
-    ap.add_argument("--days", type=_positive, default=365, help="days of 1m candles (default 365)")
-    ap.add_argument("--symbols", type=_positive, default=50, help="number of symbols (default 50)")
+    ap = Parser(prog="bigstore", description="Build a realistic long-history 1m store for benchmarks.")
+    ap.add_argument("--days", type=positive, default=365, help="days of 1m candles (default 365)")
+    ap.add_argument("--symbols", type=positive, default=50, help="number of symbols (default 50)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-indicators", action="store_true", help="leave the indicators table empty")
     ap.add_argument("--order", choices=("symbol", "time"), default="symbol",
