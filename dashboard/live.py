@@ -209,7 +209,7 @@ class SharedFeed:
         if seed is None or seed.height == 0:
             return snap
         cols = [c for c in seed.columns if c != "symbol"]
-        if all(c in snap.columns for c in cols) and snap.select(pl.col(cols).null_count().sum_horizontal()).item() == 0:
+        if all(c in snap.columns for c in cols) and snap.select(pl.sum_horizontal(pl.col(cols).null_count())).item() == 0:
             self._stored_tickers = None  # every symbol has live values now
             return snap
         if snap.height == 0:  # no candles in memory yet
@@ -219,7 +219,6 @@ class SharedFeed:
         return out.with_columns(
             (pl.coalesce(c, f"{c}_stored") if c in snap.columns else pl.col(f"{c}_stored")).alias(c) for c in cols
         ).drop([f"{c}_stored" for c in cols])
-
 
     def price_decimals(self) -> dict[str, int]:
         """Per symbol with candles in memory: the decimals its prices are quoted with (its tick)."""

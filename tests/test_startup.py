@@ -244,3 +244,20 @@ def test_the_first_snapshot_is_seeded_from_the_stored_tickers(tmp_path):
     assert snap["symbol"].to_list() == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
     assert snap["price_change_pct"].to_list() == [1.5, -2.0, None]
     assert snap["quote_volume"].to_list()[:2] == [1.2e10, 6.1e9] and snap["last_price"][0] == 97000.5
+
+    # live tickers (and candles) for every symbol: the live values win and the seed is dropped
+    from market.binance import Kline, Ticker
+    from market.stream import Batch
+
+    t0 = 1_764_460_800_000  # 2025-11-30 00:00 UTC
+    syms = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    feed.state.apply(Batch(
+        forming={s: Kline(s, "1m", t0, t0 + 59_999, 10.0, 11.0, 9.0, 10.5, 1.0, 10.5, 3, 0.5, 5.0, False, t0 + 1000)
+                 for s in syms},
+        tickers={s: Ticker(s, t0 + 1000, 10.5 + i, 0.1, 0.5 + i, 10.0, 11.0, 9.0, 100.0, 1000.0 * (i + 1), 7)
+                 for i, s in enumerate(syms)},
+    ))
+    snap = feed.snapshot(max_age=0)
+    assert snap["price_change_pct"].to_list() == [0.5, 1.5, 2.5]
+    assert snap["quote_volume"].to_list() == [1000.0, 2000.0, 3000.0]
+    assert feed._stored_tickers is None
