@@ -60,7 +60,7 @@ class ChartPanel:
                                                    stylesheets=[_ACTIVE_CSS])
         self.auto_button = pn.widgets.Toggle(label="Auto", value=True, color="primary", width=70)
         self.date = pn.widgets.DatePicker(width=150, description="Go to date (UTC)")
-        self.live_button = pn.widgets.Button(label="Go to live ▶", color="light", width=120,
+        self.live_button = pn.widgets.Button(label="Go to live ▶", color="default", width=120,
                                              description="Back to the newest candles")
         self.buttons.param.watch(self._pin, "value")
         self.auto_button.param.watch(self._auto, "value")
@@ -169,9 +169,9 @@ class ChartPanel:
         try:
             self.buttons.value = self.timeframe
             self.auto_button.value = self.auto
-            self.auto_button.color = "primary" if self.auto else "light"
+            self.auto_button.color = "primary" if self.auto else "default"
             at_live = self.at_live and self.live_end is not None and self.chart.view()[1] >= self.live_end
-            self.live_button.color = "light" if at_live else "warning"
+            self.live_button.color = "default" if at_live else "warning"
         finally:
             self._setting = False
 

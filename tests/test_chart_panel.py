@@ -141,7 +141,7 @@ def test_go_to_date_and_go_live_and_the_view_follows_only_at_the_live_end(months
 
     p.go_live()
     x0, x1 = p.chart.view()
-    assert p.at_live and p.live_button.color == "light"
+    assert p.at_live and p.live_button.color == "default"
     assert p.chart.closed.data["close"][-1] == 123.0 and p.chart.forming.data["close"][-1] == 124.0
     later = nxt + dt.timedelta(minutes=1)
     state.apply(Batch(finals=[candle(later, 125.0, True)], forming={BTC: candle(later + dt.timedelta(minutes=1), 126.0, False)}))
