@@ -22,6 +22,9 @@ from market.stream import Batch, Connection, ConnectionStatus, FeedConfig
 
 log = logging.getLogger("market.feed")
 
+#: REST backfills in flight at once
+BACKFILL_WORKERS = 4
+
 
 @dataclasses.dataclass(frozen=True)
 class FeedStatus:
@@ -53,6 +56,25 @@ class FeedStatus:
         if self.backfill:
             text += f"; {self.backfill}"
         return text
+
+
+@dataclasses.dataclass(frozen=True)
+class _Want:
+    """A backfill waiting for a worker: closed candles from ``start`` (an open_time), or
+    from the lookback window's start (``head``), up to ``now`` (ms; None: the newest
+    event time seen when it runs). ``connect``: asked by a (re)connect, which also
+    fetches the head a killed run left missing."""
+
+    start: int | None
+    head: bool = False
+    now: int | None = None
+    connect: bool = False
+
+    def merge(self, other: _Want) -> _Want:
+        starts = [x for x in (self.start, other.start) if x is not None]
+        return _Want(start=min(starts) if starts else None, head=self.head or other.head,
+                     now=None if self.now is None or other.now is None else max(self.now, other.now),
+                     connect=self.connect or other.connect)
 
 
 class EmptyRanges:
@@ -131,11 +153,13 @@ class Feed:
             symbols = list(dict.fromkeys(s.split("@")[0].upper() for s in chunk))
             hook = self._on_connected if config.backfill else None
             self.connections.append(Connection(url, symbols, config, self.parser, queue, hook))
-        # (symbols, server now or None, last closed per symbol as of the request or None)
-        self._requests: asyncio.Queue[
-            tuple[list[str], int | None, dict[str, int | None] | None]
-        ] = asyncio.Queue()
+        #: per symbol, the backfill waiting for a worker; a request for a symbol already
+        #: waiting widens that one (a reconnect storm queues one fetch per symbol, not one per
+        #: reconnect and hole), and the symbols are served in the order they were asked for
+        self._wanted: dict[str, _Want] = {}
+        self._turns: asyncio.Queue[str] = asyncio.Queue()
         self._backfill = ""
+        self._busy = 0  # backfills in flight
         self._backfill_errors = 0
         self._rate = 0.0
         self.backfilled_rows = 0
@@ -155,37 +179,62 @@ class Feed:
         """Fetch ``symbol``'s closed candles over REST from the one after ``after_ms``
         (an open_time; default: the last one known), for a final that never came."""
         if self.config.backfill:
-            known = None if after_ms is None else {symbol: after_ms}
-            self._requests.put_nowait(([symbol], None, known))
+            last = self.last_closed(symbol) if after_ms is None else after_ms
+            step = interval_ms(self.config.interval)
+            self._want(symbol, _Want(start=None if last is None else last + step, head=last is None))
 
     def _on_connected(self, symbols: list[str], server_now_ms: int) -> None:
         # Where each symbol's history ends *now*, before the new session's finals land.
-        # Reading it later, when the worker reaches the symbol, would start after a final
+        # Reading it later, when a worker reaches the symbol, would start after a final
         # the new session already delivered and leave the outage's candles out for good.
-        self._requests.put_nowait((symbols, server_now_ms, {s: self.last_closed(s) for s in symbols}))
+        step = interval_ms(self.config.interval)
+        for symbol in symbols:
+            last = self.last_closed(symbol)
+            self._want(symbol, _Want(start=None if last is None else last + step, head=last is None,
+                                     now=server_now_ms, connect=True))
+
+    def _want(self, symbol: str, want: _Want) -> None:
+        waiting = self._wanted.get(symbol)
+        if waiting is None:
+            self._wanted[symbol] = want
+            self._turns.put_nowait(symbol)
+        else:
+            self._wanted[symbol] = waiting.merge(want)
 
     async def _backfills(self) -> None:
+        # Several requests in flight: one at a time, a reconnect of 50 symbols against a slow
+        # exchange (each answer ~1 s) left the newest holes waiting for minutes. The weight
+        # limiter still paces them all under the exchange's budget.
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(BACKFILL_WORKERS):
+                tg.create_task(self._backfill_worker())
+
+    async def _backfill_worker(self) -> None:
         step = interval_ms(self.config.interval)
         while True:
-            symbols, now_ms, known = await self._requests.get()
-            connect = now_ms is not None  # a (re)connect, not the repair of one hole
-            now_ms = now_ms or self._server_now()
+            symbol = await self._turns.get()
+            want = self._wanted.pop(symbol, None)
+            if want is None:
+                continue
+            now_ms = max(want.now or 0, self._server_now())
             head_start = (now_ms // step - self.config.lookback) * step
-            for i, symbol in enumerate(symbols, 1):
-                last = known[symbol] if known is not None else self.last_closed(symbol)
-                start = last + step if last is not None else head_start
-                self._backfill = f"backfilling {symbol} ({i}/{len(symbols)})"
-                retry = ([symbol], None, {symbol: last})  # the same range, up to the clock then
+            start = min(x for x in (want.start, head_start if want.head else None) if x is not None)
+            self._busy += 1
+            self._backfill = f"backfilling {symbol} ({len(self._wanted)} more waiting)"
+            try:
+                retry = dataclasses.replace(want, start=start, head=False, now=None, connect=False)
                 await self._fetch(symbol, start, now_ms, retry)
                 first = self.first_stored(symbol)
-                if connect and last is not None and first is not None and first > head_start:
+                if want.connect and first is not None and start > head_start < first:
                     # a run killed before its first backfill finished left the store starting
                     # late: the lookback window before its first candle, up to that candle
                     await self._fetch(symbol, head_start, first, None)
-            self._backfill = ""
+            finally:
+                self._busy -= 1
+                if not self._busy and not self._wanted:
+                    self._backfill = ""
 
-    async def _fetch(self, symbol: str, start: int, closed_before: int,
-                     retry: tuple[list[str], None, dict[str, int | None]] | None) -> None:
+    async def _fetch(self, symbol: str, start: int, closed_before: int, retry: _Want | None) -> None:
         """Closed candles of ``symbol`` in [start, closed_before) to the queue; what the answer
         proves absent to ``self.empty``. A failure is retried in 30 s (``retry``) or left to
         the next (re)connect (None)."""
@@ -202,7 +251,7 @@ class Feed:
             log.warning("backfill of %s failed, retrying %s: %s", symbol,
                         "in 30 s" if retry else "on the next connect", exc)
             if retry is not None:
-                asyncio.get_running_loop().call_later(30, self._requests.put_nowait, retry)
+                asyncio.get_running_loop().call_later(30, self._want, symbol, retry)
             return
         if frame.height and sum(self.rest.counter.rejected.values()) == rejected:
             times = sorted(frame["open_time"].dt.epoch("ms").to_list())

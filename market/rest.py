@@ -171,7 +171,10 @@ class KlineClient:
         closing at or after it are still forming and are left out.
         """
         step = interval_ms(interval)
-        limit = self.preset.kline_limit
+        # a page no bigger than the range needs: futures weigh a 1500-row page 10 and a
+        # 99-row one 1, and a reconnect repairs 50 symbols' holes of a few candles at once
+        need = -(-(closed_before - start_ms) // step) + 1
+        limit = min(self.preset.kline_limit, max(need, 1)) if need < 100 else self.page
         frames = []
         start = start_ms
         while start < closed_before:
