@@ -117,6 +117,12 @@ if (isFinite(lo) && isFinite(hi)) {
 }
 """
 
+# Bokeh 3.9 makes a pointer held still for 300 ms a "press" (UIGestures.press_threshold),
+# after which moving it pans nothing: press, pause, drag did not pan, nor did a drag whose
+# first move reached a busy page late (a held click on a heatmap tile was no tap either).
+# No tool here uses presses; set on the first pointer entering a chart, before any press.
+HOLD_THEN_DRAG_JS = "Bokeh.require('core/ui_gestures').UIGestures.press_threshold = 2000"
+
 
 class CandleChart:
     """The four panes of one session's chart, their sources and shared x range."""
@@ -138,6 +144,7 @@ class CandleChart:
             )
             fig.xaxis.visible = name == "StochRSI"
             fig.add_tools(CrosshairTool(dimensions="height", line_color=GUIDE_COLOR, line_alpha=0.5))
+            fig.js_on_event("mouseenter", CustomJS(code=HOLD_THEN_DRAG_JS))
             hover = []
             if name == "Price":
                 for src in (self.closed, self.forming):
