@@ -21,6 +21,7 @@ import polars as pl
 from dashboard.console import Console
 from dashboard.links import chart_link
 from dashboard.live import SharedFeed
+from dashboard.refresh import refresh_callback
 from market.schema import INTERVAL_MS
 from store import StoreError, browse
 
@@ -81,7 +82,7 @@ class Explorer(pn.viewable.Viewer):
                                                  label=f"Download CSV (up to {CSV_MAX_ROWS:,} rows)",
                                                  button_type="light", width=260)
         self.console = Console(self.db)
-        self._callback = pn.state.add_periodic_callback(self._tick, period=STATUS_EVERY_MS)
+        self._callback = refresh_callback(self._tick, STATUS_EVERY_MS)
         if pn.state.curdoc is not None:
             pn.state.on_session_destroyed(lambda ctx: self._callback.stop())
         self._tick()

@@ -20,6 +20,7 @@ from dashboard.chart_panel import ChartPanel
 from dashboard.heatmap import Heatmap
 from dashboard.links import parse_chart_link
 from dashboard.live import SharedFeed
+from dashboard.refresh import refresh_callback
 from dashboard.table import MIN_WIDTH as TABLE_MIN_WIDTH
 from dashboard.table import price_formatter, signal_table, signal_table_frame, table_decimals
 from dashboard.theme import session_theme
@@ -72,7 +73,7 @@ class Dashboard(pn.viewable.Viewer):
         self.param.watch(self._build, ["symbol"])
         self.param.watch(lambda *_: self._refresh_heatmap(force=True), ["color_by"])
         self.param.watch(lambda e: self._heatmap.set_layout("volume" if e.new else "grid"), ["size_by_volume"])
-        self._callback = pn.state.add_periodic_callback(self._tick, period=feed.config.refresh_ms)
+        self._callback = refresh_callback(self._tick, feed.config.refresh_ms)
         feed.session_opened(str(self.session_id))
         if pn.state.curdoc is not None:
             pn.state.on_session_destroyed(self._destroyed)

@@ -311,3 +311,22 @@ async def test_status_words_live_reconnecting_offline_and_waiting_rows(tmp_path,
         d._callback.stop()
         await feed.stop()
     assert feed.task.done()
+
+
+async def test_a_sessions_refresh_leaves_the_busy_flag_alone(tmp_path):
+    """Panel wraps periodic callbacks in a busy event by default, and every change of
+    ``pn.state.busy`` is sent to every open session's busy indicator: N sessions ticking
+    made 4 N² messages a second. The refresh must tick without touching the flag."""
+    import panel as pn
+
+    feed = SharedFeed(AppConfig(db=str(tmp_path / "busy.duckdb"), symbols=[BTC, ETH], refresh_ms=100))
+    feed.state.seed(random_klines([BTC, ETH], 50, start=T0))
+    changes: list[bool] = []
+    watcher = pn.state.param.watch(lambda e: changes.append(e.new), "busy")
+    d = Dashboard(feed)  # its periodic callback runs in this loop, as in a session
+    try:
+        await until(lambda: d.ticks >= 5, 60)
+        assert changes == [], f"pn.state.busy changed {len(changes)} times over {d.ticks} ticks"
+    finally:
+        d._callback.stop()
+        pn.state.param.unwatch(watcher)
