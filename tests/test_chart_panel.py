@@ -3,8 +3,8 @@
 In-process tests drive a ``ChartPanel`` on a real DuckDB file and the pipeline's
 real ``LiveState`` (an unstarted ``SharedFeed``), the way the browser's range
 events do (``on_range``). The browser test serves ``panel serve dashboard/app.py
---args --demo`` on a store holding 120 days of 1m candles while the demo exchange
-keeps streaming, and pans and zooms with the mouse wheel and drags in Chromium.
+--args --demo`` on a store holding a year of 1m candles while the demo exchange
+keeps streaming, and pans and zooms with real mouse drags and wheel notches in Chromium.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def test_go_to_date_and_go_live_and_the_view_follows_only_at_the_live_end(months
 
 browser = pytest.mark.skipif(chromium_path() is None, reason="needs Chromium on PATH")
 
-# The Price figure's x range and its plot frame's centre on the page.
+# The Price figure's x range, its plot frame's centre and width on the page.
 VIEW_JS = r"""
 () => {
   function* walk(v) { yield v; for (const c of v.children()) yield* walk(c) }
@@ -164,7 +164,7 @@ VIEW_JS = r"""
     const m = v.model;
     if (m.type === "Figure" && m.left.some((a) => a.axis_label === "Price")) {
       const box = v.el.getBoundingClientRect();
-      return {start: m.x_range.start, end: m.x_range.end,
+      return {start: m.x_range.start, end: m.x_range.end, width: v.frame.bbox.width,
               x: box.left + v.frame.bbox.hcenter, y: box.top + v.frame.bbox.vcenter};
     }
   }
@@ -182,19 +182,26 @@ X_OF_JS = r"""
   return null;
 }
 """
-PAN_JS = r"""
-(frac) => {
+# The drawn closed candles (the largest chart source of the Price figure) with open_time in [t0, t1].
+CANDLES_JS = r"""
+([t0, t1]) => {
   function* walk(v) { yield v; for (const c of v.children()) yield* walk(c) }
   for (const root of Bokeh.index.roots) for (const v of walk(root)) {
     const m = v.model;
-    if (m.type === "Figure" && m.left.some((a) => a.axis_label === "Price")) {
-      const xr = m.x_range, shift = frac * (xr.end - xr.start);
-      xr.setv({start: xr.start - shift, end: xr.end - shift});
-      v.trigger_ranges_update_event();
-      return true;
+    if (!(m.type === "Figure" && m.left.some((a) => a.axis_label === "Price"))) continue;
+    let src = null;
+    for (const r of m.renderers) {
+      const s = r.data_source;
+      if (s && s.data.time && (!src || s.data.time.length > src.data.time.length)) src = s;
     }
+    const out = {};
+    for (const c of ["time", "open", "high", "low", "close", "volume", "left", "right"]) out[c] = [];
+    const t = src.data.time;
+    for (let i = 0; i < t.length; i++) if (t[i] >= t0 && t[i] <= t1)
+      for (const c in out) out[c].push(src.data[c][i]);
+    return out;
   }
-  return false;
+  return null;
 }
 """
 SET_DATE_JS = r"""
@@ -216,18 +223,77 @@ def wait_view(page, check, what: str, timeout: float = 30.0) -> dict:
         page.wait_for_timeout(100)
 
 
+def drag(page, x: float, y: float, dx: float, hold_ms: float = 0) -> None:
+    """A real mouse drag: press, hold ``hold_ms``, move in steps, release.
+
+    Bokeh's pan starts on the first move past 5 px and pans on the moves after it, so a
+    single jump to the end (Playwright's default, steps=1) pans nothing. And Bokeh 3.9 made
+    a pointer held still 300 ms a "press" that no later move pans: Playwright waits for the
+    page to take each event, so on a busy page the first move came 0.4 s after the press and
+    the drag did nothing (why this test once moved the range itself). The chart now waits
+    2 s for that (history_chart.HOLD_THEN_DRAG_JS); ``hold_ms`` checks a user's pause."""
+    page.mouse.move(x, y)
+    page.mouse.down()
+    if hold_ms:
+        page.wait_for_timeout(hold_ms)
+    page.mouse.move(x + dx, y, steps=20)
+    page.mouse.up()
+
+
+def wheel_until(page, at: tuple[float, float], dy: float, done, what: str, notches: int = 80) -> dict:
+    """Wheel over ``at`` a notch at a time until ``done(view)``."""
+    page.mouse.move(*at)
+    for _ in range(notches):
+        v = page.evaluate(VIEW_JS)
+        if done(v):
+            return v
+        page.mouse.wheel(0, dy)
+        page.wait_for_timeout(150)
+    raise AssertionError(f"{notches} wheel notches did not reach {what}; view {page.evaluate(VIEW_JS)}")
+
+
+def stored_candles(frame: pl.DataFrame, every: str) -> pl.DataFrame:
+    """The candles the store's 1m rows make at ``every`` (open first, high max, low min, close last)."""
+    return frame.sort("open_time").group_by_dynamic("open_time", every=every).agg(
+        pl.col("open").first(), pl.col("high").max(), pl.col("low").min(), pl.col("close").last(),
+        pl.col("volume").sum(), pl.len().alias("n"))
+
+
+def assert_drawn_equal_stored(page, frame: pl.DataFrame, timeframe: str, upto: float) -> int:
+    """The drawn candles of ``timeframe`` older than ``upto`` (ms) are those of the stored 1m rows
+    (whole periods only): values, times and widths. Returns how many were compared."""
+    step = {"1m": MIN, "1h": HOUR, "1d": DAY}[timeframe]
+    want = stored_candles(frame, {"1m": "1m", "1h": "1h", "1d": "1d"}[timeframe]).filter(pl.col("n") == step // MIN)
+    want = want.with_columns(time=pl.col("open_time").dt.epoch("ms").cast(pl.Float64))
+    got = page.evaluate(CANDLES_JS, [float(want["time"][0]), upto - step])
+    assert got is not None and len(got["time"]) > 0, f"no {timeframe} candles drawn before {upto}"
+    t = np.array(got["time"], dtype=float)
+    assert set(np.diff(t)) == {float(step)}, f"{timeframe} candles not {step} ms apart"
+    # bodies 80 % of the candle's period, centred on its open time
+    np.testing.assert_allclose(np.array(got["right"]) - np.array(got["left"]), 0.8 * step)
+    np.testing.assert_allclose((np.array(got["right"]) + np.array(got["left"])) / 2, t)
+    rows = pl.DataFrame({"time": t.astype(float)}).join(want, on="time", how="inner", maintain_order="left")
+    assert rows.height == len(t), f"drawn {timeframe} candles missing from the store: {set(t) - set(rows['time'])}"
+    for c in ("open", "high", "low", "close", "volume"):
+        np.testing.assert_allclose(got[c], rows[c].to_numpy(), rtol=1e-9, err_msg=f"{timeframe} {c}")
+    return len(t)
+
+
 @pytest.fixture(scope="module")
 def history_server(tmp_path_factory):
-    """The demo app at 30x on a file already holding 120 days of 1m candles up to now."""
+    """The demo app at 30x on a file already holding a year of BTC 1m candles up to now."""
     tmp = tmp_path_factory.mktemp("history")
     db = tmp / "history.duckdb"
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None, second=0, microsecond=0)
-    n = 120 * 1440
+    n = 366 * 1440
+    btc = random_klines([BTC], n, start=now - dt.timedelta(minutes=n + 5), seed=11)
     w = Writer(db, market="demo")  # what --demo records
-    w.add_klines(random_klines([BTC, ETH], n, start=now - dt.timedelta(minutes=n + 5), seed=11))
+    w.add_klines(btc)
+    w.add_klines(random_klines([ETH], 2 * 1440, start=now - dt.timedelta(minutes=2 * 1440 + 5), seed=12))
     w.close()
     server = serve_app(["--demo", "--db", str(db), "--symbols", f"{BTC},{ETH}", "--speed", "30",
                         "--refresh-ms", "250"], tmp / "serve.log")
+    server.btc = btc
     try:
         # a static file: polling the app itself opens a session per try, and on a busy
         # box each try that times out leaves one more session building
@@ -243,12 +309,16 @@ def history_server(tmp_path_factory):
 
 @browser
 @pytest.mark.browser
-@pytest.mark.timeout(600)  # server start and first page take minutes on an overloaded box
+@pytest.mark.timeout(900)  # server start and first page take minutes on an overloaded box
 def test_pan_zoom_go_to_date_and_live_in_chromium(history_server):
+    """A year of history with the mouse: wheel out to daily candles, drag back across months
+    at 1h, wheel in to 1m, all while the demo exchange keeps streaming."""
     from playwright.sync_api import sync_playwright
 
-    from tests.browser import launch
+    from tests.browser import launch, table_price
 
+    btc = history_server.btc
+    old = ms(btc["open_time"][-1]) - 2 * DAY  # older than this, nothing but the fixture wrote candles
     ARTIFACTS.mkdir(exist_ok=True)
     console = Console()
     with sync_playwright() as pw:
@@ -258,59 +328,79 @@ def test_pan_zoom_go_to_date_and_live_in_chromium(history_server):
         page.goto(history_server.url, timeout=120_000)
         s = wait_state(page, lambda st: st["spacing_ms"] == MIN and st["panels"]["RSI"]["values"] > 100, 90,
                        what="1m candles with RSI")
+        assert s["timeframe"] == "1m"
         live_time = s["last_time"]
+        # the live candle moves: its close changes, new candles follow
+        wait_state(page, lambda st: (st["last_time"], st["last_close"]) != (s["last_time"], s["last_close"]), 30,
+                   what="the live candle to update")
         v = page.evaluate(VIEW_JS)
         assert v["start"] < live_time < v["end"]
 
-        # zoom out with the wheel until the candles get coarser (Auto picks the timeframe)
-        page.mouse.move(v["x"], v["y"])
-        for _ in range(60):
-            page.mouse.wheel(0, 400)
-            page.wait_for_timeout(60)
-            s = page_state(page)
-            if s and s["spacing_ms"] and s["spacing_ms"] >= HOUR:
-                break
-        s = wait_state(page, lambda st: st["spacing_ms"] >= HOUR, 30, what="coarser candles when zoomed out")
-        assert s["timeframe"] == {HOUR: "1h", 4 * HOUR: "4h", DAY: "1d"}[s["spacing_ms"]]
-        assert s["closed_rows"] <= lod.MAX_CANDLES and s["panels"]["RSI"]["values"] > 0
-        wide = page.evaluate(VIEW_JS)
-        assert wide["end"] - wide["start"] > 30 * DAY
+        def streaming(before: dict) -> dict:
+            """The exchange keeps streaming: the status line and the table's BTC price move on."""
+            return wait_state(page, lambda st: st["status"] != before["status"]
+                              and table_price(st, BTC) != table_price(before, BTC), 30,
+                              what="the feed to move on")
+
+        # wheel out past the whole stored year: Auto goes to coarser candles (4h holds
+        # MAX_CANDLES candles up to 500 days), then daily ones, at most MAX_CANDLES drawn
+        v = wheel_until(page, (page.evaluate(X_OF_JS, live_time), v["y"]), 400,
+                        lambda v: v["end"] - v["start"] > lod.MAX_CANDLES * 4 * HOUR, "all of the year in view")
+        s = wait_state(page, lambda st: st["spacing_ms"] == DAY and st["timeframe"] == "1d", 60,
+                       what="daily candles when zoomed out to the whole year")
+        assert s["closed_rows"] <= lod.MAX_CANDLES and s["panels"]["RSI"]["values"] > 200
+        assert assert_drawn_equal_stored(page, btc, "1d", old) >= 300
         page.screenshot(path=str(ARTIFACTS / "chart-zoomed-out.png"))
+        s = streaming(s)
 
-        # pan left by 60 %: older candles come in from the store. Playwright's mouse drags
-        # did not reach Bokeh's pan tool in this headless Chromium (wheel events do), so
-        # the pan is what the tool does on release: move the range, then RangesUpdate.
+        # wheel in around 4 months back to about three months in view: hourly candles
+        at = live_time - 120 * DAY
+        v = wheel_until(page, (page.evaluate(X_OF_JS, at), v["y"]), -150,
+                        lambda v: v["end"] - v["start"] <= 110 * DAY, "about two months in view")
+        assert 31 * DAY < v["end"] - v["start"] and v["start"] < at < v["end"]
+        s = wait_state(page, lambda st: st["spacing_ms"] == HOUR and st["timeframe"] == "1h", 60,
+                       what="hourly candles at three months")
+
+        # drag the chart to the right three times: back across months, older candles from the store
         first = s["first_time"]
-        assert page.evaluate(PAN_JS, 0.6)
-        if first > live_time - 119 * DAY:  # the zoom did not already load all 120 days
-            s = wait_state(page, lambda st: st["first_time"] < first, 30, what="older candles after a pan left")
-        else:
-            s = page_state(page)
-        panned = page.evaluate(VIEW_JS)
-        assert panned["end"] < wide["end"]
+        for n in range(3):
+            before = page.evaluate(VIEW_JS)
+            span = before["end"] - before["start"]
+            # the first one as a user who presses, pauses, then drags
+            drag(page, before["x"] - before["width"] / 4, before["y"], before["width"] / 2, 600 if n == 0 else 0)
+            shift = span / 2
+            v = wait_view(page, lambda v: abs((before["start"] - v["start"]) - shift) < 0.05 * span,
+                          f"the view to move {shift / DAY:.0f} days back from {before}")
+            assert v["end"] - v["start"] == pytest.approx(span)
+            s = wait_state(page, lambda st: st["first_time"] <= max(v["start"], ms(btc["open_time"][0]))
+                           and st["spacing_ms"] == HOUR, 30, what="the candles of the dragged-to view")
+        assert first - s["first_time"] > 60 * DAY  # months of older candles came in
+        assert live_time - v["end"] > 150 * DAY
+        assert assert_drawn_equal_stored(page, btc, "1h", old) > 1000
+        assert s["timeframe"] == "1h"
 
-        # scrolled back, the view stays put while the demo exchange keeps streaming
-        status = s["status"]
-        wait_state(page, lambda st: st["status"] != status, 30, what="the feed to move on")
-        still = page.evaluate(VIEW_JS)
-        assert (still["start"], still["end"]) == (panned["start"], panned["end"])
+        # scrolled back, the view stays put while the exchange keeps streaming
+        s = streaming(s)
+        assert page.evaluate(VIEW_JS)["start"] == v["start"]
 
-        # zoom back in to single minutes, around a time the store holds (30 days back)
-        at = live_time - 30 * DAY
-        if not panned["start"] < at < panned["end"]:
-            assert page.evaluate(PAN_JS, (panned["start"] + panned["end"]) / 2 / (panned["end"] - panned["start"])
-                                 - at / (panned["end"] - panned["start"]))
-            panned = wait_view(page, lambda v: v["start"] < at < v["end"], "the view to hold 30 days back")
-        page.mouse.move(page.evaluate(X_OF_JS, at), panned["y"])
-        for _ in range(80):
-            page.mouse.wheel(0, -400)
-            page.wait_for_timeout(60)
-            s = page_state(page)
-            if s and s["spacing_ms"] == MIN:
-                break
-        s = wait_state(page, lambda st: st["spacing_ms"] == MIN and st["timeframe"] == "1m", 30,
+        # wheel in to single minutes around a stored day
+        at = (v["start"] + v["end"]) / 2
+        v = wheel_until(page, (page.evaluate(X_OF_JS, at), v["y"]), -400,
+                        lambda v: v["end"] - v["start"] <= 12 * HOUR, "half a day in view")
+        s = wait_state(page, lambda st: st["spacing_ms"] == MIN and st["timeframe"] == "1m", 60,
                        what="1m candles when zoomed in")
+        assert s["first_time"] <= v["start"] and s["last_time"] >= v["end"] - MIN
+        assert assert_drawn_equal_stored(page, btc, "1m", old) >= 400
         page.screenshot(path=str(ARTIFACTS / "chart-zoomed-in-history.png"))
+
+        # and a drag at 1m: the minutes just before, from the store
+        before = v
+        drag(page, v["x"] - v["width"] / 3, v["y"], v["width"] / 2)
+        v = wait_view(page, lambda v: v["start"] < before["start"] - (before["end"] - before["start"]) / 3,
+                      "a drag at 1m")
+        s = wait_state(page, lambda st: st["first_time"] <= v["start"] and st["spacing_ms"] == MIN, 30,
+                       what="the minutes before")
+        assert_drawn_equal_stored(page, btc, "1m", old)
 
         # go to a date 60 days back
         day = (dt.datetime.now(dt.UTC) - dt.timedelta(days=60)).date()
