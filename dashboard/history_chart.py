@@ -20,9 +20,12 @@ from bokeh.models import (
     ColumnDataSource,
     CrosshairTool,
     CustomJS,
+    CustomJSTickFormatter,
+    FixedTicker,
     HoverTool,
     Line,
     LinearColorMapper,
+    NumeralTickFormatter,
     Quad,
     Range1d,
     Segment,
@@ -123,6 +126,16 @@ if (isFinite(lo) && isFinite(hi)) {
 # No tool here uses presses; set on the first pointer entering a chart, before any press.
 HOLD_THEN_DRAG_JS = "Bokeh.require('core/ui_gestures').UIGestures.press_threshold = 2000"
 
+# Price ticks all with the decimals of the tick step, as trading charts label them
+# (Bokeh's default printed "46.5" beside "47", and "0.0101" beside "0.01").
+PRICE_TICKS_JS = """
+const step = ticks.length > 1 ? Math.abs(ticks[1] - ticks[0]) : (Math.abs(tick) || 1)
+const d = Math.min(10, Math.max(0, Math.ceil(-Math.log10(step) - 1e-9)))
+return tick.toLocaleString("en-US", {minimumFractionDigits: d, maximumFractionDigits: d})
+"""
+#: The oscillator panes label their bands only (a 0..100 scale every 20 crowded ~80 px panes).
+_LEVELS = {"RSI": [30, 50, 70], "StochRSI": [20, 50, 80]}
+
 
 class CandleChart:
     """The four panes of one session's chart, their sources and shared x range."""
@@ -143,6 +156,13 @@ class CandleChart:
                 min_border_left=70, y_axis_label=name, toolbar_location=None,
             )
             fig.xaxis.visible = name == "StochRSI"
+            if name == "Price":
+                fig.yaxis.formatter = CustomJSTickFormatter(code=PRICE_TICKS_JS)
+            elif name == "Volume":
+                fig.yaxis.ticker.desired_num_ticks = 3
+                fig.yaxis.formatter = NumeralTickFormatter(format="0.[0]a")
+            else:
+                fig.yaxis.ticker = FixedTicker(ticks=_LEVELS[name])
             fig.add_tools(CrosshairTool(dimensions="height", line_color=GUIDE_COLOR, line_alpha=0.5))
             fig.js_on_event("mouseenter", CustomJS(code=HOLD_THEN_DRAG_JS))
             hover = []
