@@ -51,7 +51,8 @@ def test_a_port_in_use_is_one_plain_line(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_recording_is_a_usage_error(tmp_path: Path) -> None:
-    for content in (b"", b"\xff\xfe\x00binary"):
+    # empty, binary, a text file that is no recording, a header without frames
+    for content in (b"", b"\xff\xfe\x00binary", b"myhost\n", b"wss://x/stream <-> 1626992740.1\n"):
         bad = tmp_path / "bad.ws"
         bad.write_bytes(content)
         with pytest.raises(UsageError, match="--replay"):

@@ -86,11 +86,15 @@ class ExchangeStats:
 def read_recording(path: str | Path) -> tuple[str, list[tuple[float, str]]]:
     """(url, [(receive time, raw frame), ...]) from a fixtures-format recording."""
     lines = Path(path).read_text().splitlines()
-    url = lines[0].rpartition(" <-> ")[0]
+    url, sep, _ = lines[0].rpartition(" <-> ") if lines else ("", "", "")
+    if not sep:  # a recording starts with "<stream url> <-> <connect time>"
+        raise ValueError(f"{path}: the first line is not '<stream url> <-> <time>'")
     frames = []
     for line in lines[1:]:
         ts, sep, raw = line.partition(": ")
         if sep:
             frames.append((float(ts), raw))
+    if not frames:
+        raise ValueError(f"{path}: no '<time>: <frame>' lines")
     return url, frames
 
