@@ -139,7 +139,8 @@ def signal_table(df: pd.DataFrame, *, height: int = 420, decimals: Mapping[str, 
     import panel as pn  # only the table needs Panel; the charts are Bokeh
 
     theme = theme or Theme()
-    split = LinearColorMapper(palette=[RED, MISSING, GREEN], low=-1e-9, high=1e-9)
+    # thirds of [-0.015, 0.015]: grey exactly where "+0.00" is shown (|x| < 0.005), not a red "+0.00"
+    split = LinearColorMapper(palette=[RED, MISSING, GREEN], low=-0.015, high=0.015)
     signals = CategoricalColorMapper(factors=list(SIGNAL_COLORS),
                                      palette=list(SIGNAL_COLORS.values()), nan_color=MISSING)
     osc = NumberFormatter(format="0.0")

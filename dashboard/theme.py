@@ -49,6 +49,18 @@ class Theme:
         .tabulator .tabulator-header-filter input::placeholder {{ color: {MISSING}; }}
         .tabulator .tabulator-col-title {{ white-space: nowrap; text-overflow: clip; }}
         .tabulator-cell {{ white-space: nowrap; }}
+        """ + (self._dark_table_css() if self.dark else "")
+
+    def _dark_table_css(self) -> str:
+        """The Bootstrap 5 Tabulator theme draws its grid in light grey (#dee2e6): on a dark
+        page every row and the frozen Symbol column got a bright white rule."""
+        return f"""
+        .tabulator, .tabulator .tabulator-header, .tabulator .tabulator-header .tabulator-col,
+        .tabulator-row, .tabulator-row .tabulator-cell, .tabulator .tabulator-tableholder .tabulator-table,
+        .tabulator .tabulator-header .tabulator-frozen.tabulator-frozen-left,
+        .tabulator-row .tabulator-cell.tabulator-frozen.tabulator-frozen-left {{
+            border-color: {self.border} !important;
+        }}
         """
 
 
