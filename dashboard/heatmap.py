@@ -138,9 +138,9 @@ class Heatmap:
             sizing_mode="stretch_width", toolbar_location=None, tools="",
             min_border=0, background_fill_alpha=0, border_fill_alpha=0,
             outline_line_color=None,
+            # no axes or grid at all (hidden ones still cost ~20 models a session to build and draw)
+            x_axis_type=None, y_axis_type=None,
         )
-        fig.axis.visible = False
-        fig.grid.visible = False
         tiles = fig.quad(
             left="left", right="right", bottom="bottom", top="top", source=self.source,
             fill_color="color", line_color=None, nonselection_fill_alpha=1.0,

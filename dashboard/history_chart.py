@@ -21,7 +21,9 @@ from bokeh.models import (
     CrosshairTool,
     CustomJS,
     CustomJSTickFormatter,
+    DatetimeTicker,
     FixedTicker,
+    Grid,
     HoverTool,
     Line,
     LinearColorMapper,
@@ -148,14 +150,22 @@ class CandleChart:
         updown = LinearColorMapper(palette=[DOWN, UP], low=0, high=1)
         color = {"field": "up", "transform": updown}
         self.figures: dict[str, figure] = {}
+        # One time axis (the bottom pane's); the panes above draw their vertical grid lines
+        # from its ticker. Three hidden datetime axes cost ~60 Bokeh models a session (each
+        # axis brings ~15 tickers and formatters), built, sent and rendered for nothing.
+        xticks = DatetimeTicker()
         for name, share in PANES:
+            bottom = name == PANES[-1][0]
             fig = figure(
                 x_range=self.x_range, y_range=Range1d(0, 100) if name in ("RSI", "StochRSI") else Range1d(0, 1),
-                x_axis_type="datetime", height=int(height * share), sizing_mode="stretch_width",
+                x_axis_type="datetime" if bottom else None, height=int(height * share), sizing_mode="stretch_width",
                 tools="xpan,xwheel_zoom,xbox_zoom,reset,save", active_drag="xpan", active_scroll="xwheel_zoom",
                 min_border_left=70, y_axis_label=name, toolbar_location=None,
             )
-            fig.xaxis.visible = name == "StochRSI"
+            if bottom:
+                fig.xaxis.ticker = fig.xgrid.ticker = xticks
+            else:
+                fig.add_layout(Grid(dimension=0, ticker=xticks))
             if name == "Price":
                 fig.yaxis.formatter = CustomJSTickFormatter(code=PRICE_TICKS_JS)
             elif name == "Volume":

@@ -65,11 +65,16 @@ class Dashboard(pn.viewable.Viewer):
         self._theme = session_theme()
         self._known = feed.price_decimals()  # decimals seen in prices (others: by magnitude, for now)
         self._decimals = self._known
-        self._table = signal_table(signal_table_frame(_table_input(self.feed.snapshot()), order=symbols),
+        snap = self.feed.snapshot()
+        self._table = signal_table(signal_table_frame(_table_input(snap), order=symbols),
                                    decimals=self._decimals, theme=self._theme)
         self._table.on_click(self._table_click)
         self._snapshot_seen: object = None
-        self._table_at = 0.0  # time.monotonic() of the last table update
+        self._table_at = time.monotonic()  # of the last table update: the one just built
+        if snap.height and "rsi" in snap.columns:
+            # the tiles go out with the page, not a tick later in a patch of their own
+            self._heatmap.update(snap, COLOR_BY[self.color_by])
+            self._snapshot_seen = snap
         self.param.watch(self._build, ["symbol"])
         self.param.watch(lambda *_: self._refresh_heatmap(force=True), ["color_by"])
         self.param.watch(lambda e: self._heatmap.set_layout("volume" if e.new else "grid"), ["size_by_volume"])
@@ -159,6 +164,20 @@ class Dashboard(pn.viewable.Viewer):
 
         words += f" · {self.feed.sessions} session{'s' if self.feed.sessions != 1 else ''}"
         return f'<span style="color:{colour}">●</span> {words}'
+
+    def servable(self, title: str | None = None, location: bool = True, area: str = "main",
+                 target: str | None = None):
+        """Add the page to this session's document with Bokeh's reference bookkeeping held.
+
+        The template adds its ~11 roots one by one, and each ``add_root`` walks every
+        model of the document again (~40% of the page's server-side build, profiled);
+        frozen, the walk happens once when the page is in.
+        """
+        doc = pn.state.curdoc
+        if doc is None or doc.session_context is None:
+            return super().servable(title, location, area, target)
+        with doc.models.freeze():
+            return super().servable(title, location, area, target)
 
     def __panel__(self) -> pn.template.BootstrapTemplate:
         # widgets default to 300 px wide: stretch them to the sidebar instead of clipping
