@@ -313,11 +313,17 @@ def silence_report(pipeline: Pipeline, elapsed: float, warnings: list[str]) -> s
     if not missing:
         return None
     conns = pipeline.feed.connections
-    why = next((c.status.reason for c in conns if c.status.state != "connected" and c.status.reason), "")
+    # "stopped" is our own stop at the end of --duration, not why nothing came
+    why = next((c.status.reason for c in conns
+                if c.status.state != "connected" and c.status.reason and c.status.reason != "stopped"), "")
     why = why or next((c.status.last_error for c in conns if c.status.last_error), "")
     if not why or len(missing) < len(pipeline.config.symbols):
         # a refused backfill names the symbol ("HTTP 400 ... Invalid symbol"): the best clue
         why = next((w for w in reversed(warnings) if any(s in w for s in missing)), why)
+    if not why and not any(c.status.connected_at or c.status.reconnects or c.status.messages for c in conns):
+        # still on the first attempt: it neither connected nor failed yet
+        why = (f"no answer from {pipeline.config.preset().ws_base} yet (still connecting); a firewall or "
+               f"proxy that drops the traffic looks like this, or a --duration too short for the handshake")
     if not why:
         why = (f"connected, but the exchange sent no candle for {'them' if len(missing) > 1 else 'it'}; "
                f"check the symbol names on {pipeline.config.preset().name} (an unknown symbol streams nothing)")

@@ -257,6 +257,24 @@ async def test_unreachable_exchange_for_the_whole_duration_exits_1_saying_why(tm
     assert "stopped: 0 rows written" in err and "Traceback" not in err
 
 
+async def test_an_exchange_that_never_answers_the_handshake_is_not_called_connected(tmp_path):
+    # a peer that accepts TCP and says nothing (a firewall that swallows traffic)
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        code, err = await ingest_proc("--db", str(tmp_path / "m.duckdb"), "--symbols", "BTCUSDT",
+                                      "--duration", "3", "--ws-url", f"ws://127.0.0.1:{port}/market",
+                                      "--rest-url", f"http://127.0.0.1:{port}")
+    finally:
+        silent.close()
+    assert code == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("python -m store.ingest: error: received nothing in "), last
+    # on a loaded box the 10 s open timeout may or may not have run out within the 3 s
+    assert "still connecting" in last or "no answer within" in last, last
+    assert "connected, but" not in last and "Traceback" not in err
+
+
 async def test_unknown_symbol_exits_1_naming_it(tmp_path):
     db = tmp_path / "m.duckdb"
     async with LocalExchange(symbols=("BTCUSDT",), speed=60, history_minutes=30) as ex:
