@@ -93,6 +93,12 @@ def whole_page(page, path) -> None:
     page.set_viewport_size({"width": width, "height": height})
 
 
+def luminance(css_color: str) -> float:
+    """0 (black) .. 1 (white) of a computed ``rgb(...)`` colour."""
+    r, g, b = (int(v) for v in re.findall(r"\d+", css_color)[:3])
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
 def overflow(page, selector: str) -> list[tuple[str, int, int]]:
     """Elements matching ``selector`` whose content is wider than their box (text cut or scrolled)."""
     return page.locator(selector).evaluate_all(
@@ -172,11 +178,22 @@ def test_layout_fits_and_reads(server, chromium, tmp_path, width, height, theme)
             if t["label_size"]:
                 assert t["label_px"] <= t["width"] - 2, f"{t['name']}'s value spills its tile: {t}"
 
-        # dark mode reaches the table's header filters
+        # dark mode reaches the table's header filters and grid, and the chart's buttons
+        dark = theme == "dark"
         bg = page.locator(".tabulator-header-filter input").first.evaluate("e => getComputedStyle(e).backgroundColor")
-        r, g, b = (int(v) for v in re.findall(r"\d+", bg)[:3])
-        luminance = (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
-        assert (luminance < 0.3) if theme == "dark" else (luminance > 0.7), f"header filter background {bg}"
+        assert (luminance(bg) < 0.3) if dark else (luminance(bg) > 0.7), f"header filter background {bg}"
+        # the colours of the drawn borders of a cell and its row
+        rules = page.locator(".tabulator-row .tabulator-cell").first.evaluate("""c => [c, c.parentElement]
+            .flatMap(e => { const st = getComputedStyle(e); return ["Top", "Right", "Bottom", "Left"]
+              .filter(side => parseFloat(st[`border${side}Width`]) > 0 && st[`border${side}Style`] !== "none")
+              .map(side => st[`border${side}Color`]) })""")
+        assert rules, "the table draws no grid lines"
+        if dark:  # Tabulator's Bootstrap theme drew them white on the dark page
+            assert all(luminance(c) < 0.45 for c in rules), f"table grid colours {rules}"
+        for name in ("Go to live ▶", "5m", "1d"):
+            bg = page.get_by_role("button", name=name, exact=True).evaluate(
+                "e => getComputedStyle(e).backgroundColor")
+            assert (luminance(bg) < 0.3) if dark else (luminance(bg) > 0.7), f"{name} button background {bg}"
 
         # the header links to the data page; the sidebar says when recording started
         assert page.get_by_role("link", name="Data").get_attribute("href") == "?page=data"
