@@ -330,3 +330,27 @@ async def test_a_sessions_refresh_leaves_the_busy_flag_alone(tmp_path):
     finally:
         d._callback.stop()
         pn.state.param.unwatch(watcher)
+
+
+def test_a_ticks_forming_candle_goes_inline_not_as_binary_buffers(tmp_path):
+    """Bokeh sends every numpy array of a patch as its own buffer, two websocket frames
+    each: the forming candle and its dotted stub as arrays were 32 buffers a tick per
+    session. The PATCH-DOC a tick sends must carry them inline, with the new close."""
+    from bokeh.document import Document
+    from bokeh.protocol import Protocol
+
+    feed = feed_for(tmp_path)
+    feed.state.seed(random_klines([BTC, ETH], 400, start=T0))
+    d = Dashboard(feed)
+    d._callback.stop()
+    doc = Document()
+    doc.add_root(d._chart.chart.layout)  # every chart source is in the document
+    events: list = []
+    doc.on_change(events.append)
+    forming_at = T0 + dt.timedelta(minutes=400)
+    feed.state.apply(Batch(forming={BTC: kline(BTC, forming_at, 4321.5, closed=False)}))
+    d._chart.tick()
+    assert events, "the tick changed nothing"
+    msg = Protocol().create("PATCH-DOC", events)
+    assert msg.buffers == []
+    assert "4321.5" in msg.content_json
