@@ -307,6 +307,10 @@ def main(argv: list[str] | None = None, today: dt.date | None = None) -> int:
         return 2
     started = time.perf_counter()
     files, notes, n_missing, failed = collect(args.paths), [], 0, []
+    if args.paths and not files and not args.download:
+        print(f"error: no kline dumps (.zip or .csv) in {', '.join(map(str, args.paths))}; nothing imported",
+              file=sys.stderr)
+        return 1
     if args.download:
         got, notes, n_missing, failed = fetch(args.download, today or dt.datetime.now(dt.UTC).date(), args.progress)
         files += [f for f in got if f not in files]

@@ -123,6 +123,15 @@ def test_bad_files_refused_and_named_good_ones_load(tmp_path, capsys):
     assert store.query("SELECT DISTINCT symbol FROM indicators", db=db)["symbol"].to_list() == ["BTCUSDT"]
 
 
+def test_a_folder_without_dumps_is_an_error(tmp_path, capsys):
+    (tmp_path / "dumps").mkdir()
+    (tmp_path / "dumps" / "notes.txt").write_text("no klines here\n")
+    db = tmp_path / "m.duckdb"
+    code, out, err = run(capsys, "--db", db, tmp_path / "dumps")
+    assert code == 1 and out == ""
+    assert err.strip() == f"error: no kline dumps (.zip or .csv) in {tmp_path / 'dumps'}; nothing imported"
+
+
 def test_reimport_changes_nothing_and_overlap_replaces(tmp_path, capsys):
     db, tree = tmp_path / "m.duckdb", tmp_path / "dumps"
     feb = month_of("BTCUSDT", 2024, 2, seed=8)
