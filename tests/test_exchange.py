@@ -166,6 +166,31 @@ async def test_streams_format_rate_and_one_final_per_candle() -> None:
         assert float(tick["l"]) <= float(tick["c"]) <= float(tick["h"]) and tick["L"] - tick["F"] + 1 == tick["n"]
 
 
+async def test_kline_and_ticker_update_periods_are_configurable() -> None:
+    from market.exchange import ExchangeConfig
+
+    streams = ["btcusdt@kline_1m", "btcusdt@ticker"]
+    cfg = ExchangeConfig(symbols=("BTCUSDT",), speed=0, start_time=START, kline_ms=2000, ticker_ms=5000)
+    async with LocalExchange(cfg) as ex:
+        async with connect(f"{ex.ws_base}/stream?streams={'/'.join(streams)}") as ws:
+            frames = await collect_until(ws, finals_seen("btcusdt@kline_1m", 3))
+    msgs = [json.loads(f)["data"] for f in frames]
+    ks = [m["k"] for m in msgs if m["e"] == "kline"]
+    by_minute = defaultdict(list)
+    for k in ks:
+        by_minute[k["t"]].append(k)
+    whole = [t for t in by_minute if t - MIN in by_minute and t + MIN in by_minute]
+    assert whole
+    for t in whole:  # 29 forming updates 2 s apart, then the final at the close
+        seq = by_minute[t]
+        assert [k["x"] for k in seq] == [False] * 29 + [True]
+    assert {m["E"] % 2000 for m in msgs if m["e"] == "kline"} == {0}
+    ticks = [m["E"] for m in msgs if m["e"] == "24hrTicker"]
+    assert len(ticks) > 2 and {b - a for a, b in zip(ticks, ticks[1:])} == {5000}
+    with pytest.raises(ValueError, match="kline_ms"):
+        ExchangeConfig(kline_ms=300)
+
+
 async def test_final_klines_equal_rest_rows_and_history() -> None:
     async with LocalExchange(symbols=("BTCUSDT", "1000PEPEUSDT"), speed=120, start_time=START) as ex:
         streams = "btcusdt@kline_1m/1000pepeusdt@kline_1m"

@@ -50,6 +50,15 @@ def _number(kind: type, what: str, lo: float, hi: float | None = None):
     return convert
 
 
+def _every(text: str) -> int:
+    """A period of the 250 ms sim clock that divides a minute."""
+    value = _number(int, "use a multiple of 250 that divides 60000, e.g. 250, 1000, 2000", 250, 60_000)(text)
+    if value % 250 or 60_000 % value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a multiple of 250 that divides 60000; "
+                                         "use e.g. 250, 500, 1000, 2000, 5000")
+    return value
+
+
 def _parser() -> _Parser:
     ap = _Parser(prog=PROG, description="A local Binance-compatible exchange (WebSocket streams, "
                  "REST and kline dumps on one port).")
@@ -66,6 +75,9 @@ def _parser() -> _Parser:
                     default=3 * 1440)
     ap.add_argument("--history-days", type=_number(float, "use 0 to 3650 days (ten years)", 0, 3650), default=None,
                     help="days of REST history and dumps (overrides --history-minutes)")
+    ap.add_argument("--kline-ms", type=_every, default=250,
+                    help="ms between forming-candle updates (Binance futures 250, spot 1000-2000)")
+    ap.add_argument("--ticker-ms", type=_every, default=1000, help="ms between 24h ticker updates")
     ap.add_argument("--enforce-weights", action="store_true",
                     help="answer 429 over the REST weight budget and 418 to requests during Retry-After")
     ap.add_argument("--futures-weight-limit", type=_number(int, "use an integer >= 1", 1), default=2400)
@@ -107,7 +119,8 @@ def parse_args(argv: list[str]) -> ExchangeConfig:
             seed=args.seed, replay=args.replay, loop=not args.no_loop, history_minutes=args.history_minutes,
             history_days=args.history_days, enforce_weights=args.enforce_weights,
             futures_weight_limit=args.futures_weight_limit, spot_weight_limit=args.spot_weight_limit,
-            weight_window=args.weight_window, ban_seconds=args.ban_seconds)
+            weight_window=args.weight_window, ban_seconds=args.ban_seconds, kline_ms=args.kline_ms,
+            ticker_ms=args.ticker_ms)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -30,6 +30,9 @@ class ExchangeConfig:
     history_days: float | None = None  # if set, overrides history_minutes (days * 1440)
     start_time: int | None = None  # ms; default now (floored to 250 ms)
     ticker_ms: int = 1000
+    #: ms between forming-candle updates on a kline stream (Binance: futures 250, spot
+    #: 1000-2000); finals are sent at every close whatever it is
+    kline_ms: int = STEP_MS
     rest_forming: bool = True  # REST's last row may be the forming candle, like Binance
     # REST request weight (market.exchange.limits): always counted and reported in
     # X-MBX-USED-WEIGHT-*; 429 / 418 only when enforced
@@ -54,8 +57,10 @@ class ExchangeConfig:
         parse_window(self.weight_window)
         if self.futures_weight_limit < 1 or self.spot_weight_limit < 1 or not self.ban_seconds >= 0:
             raise ValueError("weight limits must be >= 1 and ban_seconds >= 0")
-        if self.ticker_ms <= 0 or self.ticker_ms % STEP_MS:
-            raise ValueError(f"ticker_ms must be a multiple of {STEP_MS}")
+        for name in ("ticker_ms", "kline_ms"):
+            every = getattr(self, name)
+            if every <= 0 or every % STEP_MS or 60_000 % every:
+                raise ValueError(f"{name} must be a multiple of {STEP_MS} that divides a minute (60000)")
         # now, not the minute's start: at speed 1 the sim clock must match the wall clock
         start = self.start_time if self.start_time is not None else int(time.time() * 1000)
         object.__setattr__(self, "start_time", start - start % STEP_MS)

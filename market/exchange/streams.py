@@ -272,6 +272,8 @@ class Streams:
             k = self.market.candle(sym, ims, open_ms, t)
             data = kline_data(spec, interval, k, t, True) if k else None
             return [] if data is None else [data, data] if self._duplicate else [data]
+        if open_ms is None and t % self.config.kline_ms:
+            return []  # between two forming-candle updates
         k = self.market.candle(sym, ims, t - t % ims if open_ms is None else open_ms, t)
         if k is None:
             return []
