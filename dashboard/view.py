@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 import panel as pn
 import param
 import polars as pl
 
+from dashboard import spares
 from dashboard.chart_panel import ChartPanel
 from dashboard.heatmap import Heatmap
+from dashboard.history_chart import CandleChart
 from dashboard.links import parse_chart_link
 from dashboard.live import SharedFeed
 from dashboard.refresh import refresh_callback
@@ -32,6 +35,15 @@ COLOR_BY = {"24h change %": "change", "RSI": "rsi"}
 #: browser (Panel re-sends sorted tables whole), and a click whose press and release
 #: straddle a rebuild is lost: at the 0.5 s tick, 3-4 of 10 clicks held 150 ms were.
 TABLE_EVERY = 2.0
+#: Height of the main chart's four panes (px).
+CHART_HEIGHT = 720
+
+
+def prepare_spares(feed: SharedFeed) -> None:
+    """Build the first page's figures at server start (``--warm``), not when it is asked for."""
+    symbols = list(feed.config.symbols)
+    spares.prepare(("chart", CHART_HEIGHT), partial(CandleChart, CHART_HEIGHT))
+    spares.prepare(("heatmap", tuple(symbols)), partial(Heatmap, symbols))
 
 
 class Dashboard(pn.viewable.Viewer):
@@ -57,10 +69,10 @@ class Dashboard(pn.viewable.Viewer):
         self._progress = pn.pane.Alert("", alert_type="info", sizing_mode="stretch_width", visible=False)
         self._started = pn.pane.HTML(feed.started_words(), sizing_mode="stretch_width",
                                      css_classes=["recording-since"], styles={"font-size": "12px"})
-        self._chart = ChartPanel(feed, self.symbol)
+        self._chart = ChartPanel(feed, self.symbol, height=CHART_HEIGHT)
         if link_start is not None and link_end is not None:
             self._chart.go_to_range(link_start, link_end, link_timeframe)
-        self._heatmap = Heatmap(symbols)
+        self._heatmap = spares.take(("heatmap", tuple(symbols)), partial(Heatmap, symbols))
         self._heatmap.on_select(self._select)
         self._theme = session_theme()
         self._known = feed.price_decimals()  # decimals seen in prices (others: by magnitude, for now)
