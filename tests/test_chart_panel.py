@@ -287,10 +287,10 @@ def history_server(tmp_path_factory):
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None, second=0, microsecond=0)
     n = 366 * 1440
     btc = random_klines([BTC], n, start=now - dt.timedelta(minutes=n + 5), seed=11)
-    # at BTC's price and a year's swing (a geometric walk ends anywhere in 0.05x..20x of its start),
-    # so the zoomed-out chart meets the demo exchange's live prices without a cliff
+    # at a year's swing (a geometric walk ends anywhere in 0.05x..20x of its start) ending near
+    # the demo exchange's BTC (~52,000 these days), so the screenshots show no cliff at the join
     last = btc["close"][-1]
-    btc = btc.with_columns((60_000 * (pl.col(c) / last) ** 0.3).alias(c) for c in ("open", "high", "low", "close"))
+    btc = btc.with_columns((52_000 * (pl.col(c) / last) ** 0.3).alias(c) for c in ("open", "high", "low", "close"))
     w = Writer(db, market="demo")  # what --demo records
     w.add_klines(btc)
     w.add_klines(random_klines([ETH], 2 * 1440, start=now - dt.timedelta(minutes=2 * 1440 + 5), seed=12))
