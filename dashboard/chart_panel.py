@@ -1,7 +1,7 @@
 """One session's main chart: the whole stored history, level of detail, live right edge.
 
 The toolbar above the chart works as TradingView users expect: "Auto" picks the
-timeframe from the zoom (the finest with at most ``lod.MAX_CANDLES`` candles in
+timeframe from the zoom (the finest with at most ``lod.VIEW_CANDLES`` candles in
 view) and the timeframe buttons show which one is drawn; clicking a timeframe
 pins it (zooming out then stops at ``MAX_CANDLES`` candles), clicking Auto again
 releases it. Panning or zooming past the loaded candles loads the window around

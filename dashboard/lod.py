@@ -2,7 +2,7 @@
 
 Pure functions of milliseconds, no Panel or Bokeh, so they are tested directly.
 The chart shows the finest timeframe whose visible range holds at most
-``MAX_CANDLES`` candles (a year at 1d, a day at 1m), and loads the visible range
+``VIEW_CANDLES`` candles (a year at 1d, a day at 1m), and loads the visible range
 plus a margin on each side, never more than ``MAX_CANDLES`` candles in all, so
 small pans are answered from what is already drawn.
 """
@@ -18,19 +18,23 @@ from market.schema import interval_ms
 TIMEFRAMES = ("1m", "5m", "15m", "1h", "4h", "1d")
 #: Most candles one view draws: above this a pan redraws too slowly in the browser.
 MAX_CANDLES = 3000
+#: Most candles in the visible range before Auto goes coarser: a year at 4h would be
+#: 2,190 candles under a pixel wide each on a laptop screen; at 1d it is 365, as a
+#: trader expects. Half of MAX_CANDLES, so the loaded margins still fit.
+VIEW_CANDLES = 1500
 #: Fewest candles a view may shrink to (zooming in further only magnifies glyphs).
 MIN_CANDLES = 10
 #: Candles shown when the chart opens or a timeframe is picked (TradingView's default zoom).
 DEFAULT_CANDLES = 150
 
 
-def pick_timeframe(span_ms: float, max_candles: int = MAX_CANDLES,
+def pick_timeframe(span_ms: float, max_candles: int = VIEW_CANDLES,
                    timeframes: tuple[str, ...] = TIMEFRAMES) -> str:
     """The finest timeframe for which ``span_ms`` holds at most ``max_candles`` candles.
 
     >>> pick_timeframe(24 * 3_600_000)        # a day at 1m is 1,440 candles
     '1m'
-    >>> pick_timeframe(365 * 86_400_000)      # a year: only 1d stays under 3,000
+    >>> pick_timeframe(365 * 86_400_000)      # a year: 2,190 at 4h, 365 at 1d
     '1d'
     """
     if not timeframes:

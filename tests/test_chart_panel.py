@@ -72,9 +72,9 @@ def test_opens_at_the_live_end_in_1m_and_zooming_out_goes_coarser(months):
     assert x0 <= last <= x1 and x1 - x0 == pytest.approx(153 * MIN)
     assert p.chart.closed.data["time"][-1] == last and spacing(p) == {MIN}
 
-    move(p, x1 - 10 * DAY, x1)  # zoomed out to 10 days: 5m holds 2,880 of them
+    move(p, x1 - 5 * DAY, x1)  # zoomed out to 5 days: 5m holds 1,440 of them
     assert p.timeframe == "5m" and p.buttons.value == "5m" and spacing(p) == {5 * MIN}
-    move(p, x1 - 19 * DAY, x1)
+    move(p, x1 - 15 * DAY, x1)
     assert p.timeframe == "15m" and p.buttons.value == "15m"
     assert len(p.chart.closed.data["time"]) <= lod.MAX_CANDLES
     move(p, x1 - 2 * HOUR, x1)  # zoomed back in
@@ -346,8 +346,8 @@ def test_pan_zoom_go_to_date_and_live_in_chromium(history_server):
                               and table_price(st, BTC) != table_price(before, BTC), 30,
                               what="the feed to move on")
 
-        # wheel out past the whole stored year: Auto goes to coarser candles (4h holds
-        # MAX_CANDLES candles up to 500 days), then daily ones, at most MAX_CANDLES drawn
+        # wheel out past the whole stored year: Auto goes to coarser candles (4h up to
+        # VIEW_CANDLES candles, 250 days), then daily ones, at most MAX_CANDLES drawn
         v = wheel_until(page, (page.evaluate(X_OF_JS, live_time), v["y"]), 400,
                         lambda v: v["end"] - v["start"] > lod.MAX_CANDLES * 4 * HOUR, "all of the year in view")
         s = wait_state(page, lambda st: st["spacing_ms"] == DAY and st["timeframe"] == "1d", 60,
@@ -357,13 +357,14 @@ def test_pan_zoom_go_to_date_and_live_in_chromium(history_server):
         page.screenshot(path=str(ARTIFACTS / "chart-zoomed-out.png"))
         s = streaming(s)
 
-        # wheel in around 4 months back to about three months in view: hourly candles
+        # wheel in around 4 months back to about two months in view: hourly candles
+        # (1h while VIEW_CANDLES of them span the view: 15.6 to 62.5 days)
         at = live_time - 120 * DAY
         v = wheel_until(page, (page.evaluate(X_OF_JS, at), v["y"]), -150,
-                        lambda v: v["end"] - v["start"] <= 110 * DAY, "about two months in view")
-        assert 31 * DAY < v["end"] - v["start"] and v["start"] < at < v["end"]
+                        lambda v: v["end"] - v["start"] <= 60 * DAY, "about two months in view")
+        assert 17 * DAY < v["end"] - v["start"] and v["start"] < at < v["end"]
         s = wait_state(page, lambda st: st["spacing_ms"] == HOUR and st["timeframe"] == "1h", 60,
-                       what="hourly candles at three months")
+                       what="hourly candles at two months")
 
         # drag the chart to the right three times: back across months, older candles from the store
         first = s["first_time"]

@@ -14,13 +14,13 @@ MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 
 @pytest.mark.parametrize(("span", "want"), [
     (10 * MIN, "1m"),
-    (2 * DAY, "1m"),            # 2,880 one-minute candles
-    (2.2 * DAY, "5m"),          # 3,168 would be too many
-    (10 * DAY, "5m"),           # 2,880
-    (30 * DAY, "15m"),          # 2,880
-    (120 * DAY, "1h"),          # 2,880
-    (365 * DAY, "4h"),          # 2,190
-    (600 * DAY, "1d"),
+    (DAY, "1m"),                # 1,440 one-minute candles
+    (1.1 * DAY, "5m"),          # 1,584 would be too many
+    (5 * DAY, "5m"),            # 1,440
+    (15 * DAY, "15m"),          # 1,440
+    (60 * DAY, "1h"),           # 1,440
+    (240 * DAY, "4h"),          # 1,440
+    (365 * DAY, "1d"),          # 2,190 at 4h
     (50 * 365 * DAY, "1d"),     # nothing coarser: 1d however wide
 ])
 def test_pick_timeframe_is_the_finest_under_the_cap(span, want):
@@ -40,9 +40,9 @@ def test_picked_timeframe_fits_and_no_finer_one_does(span):
     tf = lod.pick_timeframe(span)
     i = lod.TIMEFRAMES.index(tf)
     if tf != lod.TIMEFRAMES[-1]:
-        assert span / interval_ms(tf) <= lod.MAX_CANDLES
+        assert span / interval_ms(tf) <= lod.VIEW_CANDLES
     for finer in lod.TIMEFRAMES[:i]:
-        assert span / interval_ms(finer) > lod.MAX_CANDLES
+        assert span / interval_ms(finer) > lod.VIEW_CANDLES
 
 
 @settings(deadline=None)
