@@ -16,13 +16,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from functools import partial
 
 import numpy as np
 import panel as pn
 import polars as pl
 
-from dashboard import lod, spares
+from dashboard import lod
 from dashboard.history_chart import CandleChart, columns, empty_columns
 from dashboard.windows import closed_empty, window_candles
 from dashboard.series import Series
@@ -54,7 +53,7 @@ class ChartPanel:
         self.last_load_ms = 0.0
         self._span: tuple[float | None, float | None] | None = None  # stored first/last, ms
         self._setting = False  # our own widget updates are not user clicks
-        self.chart = spares.take(("chart", height), partial(CandleChart, height))  # built ahead if it can
+        self.chart = CandleChart(height)
         self.chart.on_ranges(self._range_event)
         self._pending: tuple[float, float] | None = None  # the latest view not answered yet
         self.buttons = pn.widgets.RadioButtonGroup(options=list(lod.TIMEFRAMES), value=self.timeframe,

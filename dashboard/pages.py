@@ -98,8 +98,5 @@ def app_page(argv: list[str]):
         return pn.pane.Alert(f"<b>Cannot use the database:</b> {exc}", alert_type="danger",
                              sizing_mode="stretch_width")
     if warm:
-        from dashboard.view import prepare_spares
-
-        prepare_spares(feed)  # the first page's figures, built before anyone asks
         return None
     return page_for(feed, requested_page())

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 
 import panel as pn
 import param
 import polars as pl
 
-from dashboard import spares
 from dashboard.chart_panel import ChartPanel
 from dashboard.heatmap import Heatmap
-from dashboard.history_chart import CandleChart
 from dashboard.links import parse_chart_link
 from dashboard.live import SharedFeed
 from dashboard.refresh import refresh_callback
@@ -37,13 +34,6 @@ COLOR_BY = {"24h change %": "change", "RSI": "rsi"}
 TABLE_EVERY = 2.0
 #: Height of the main chart's four panes (px).
 CHART_HEIGHT = 720
-
-
-def prepare_spares(feed: SharedFeed) -> None:
-    """Build the first page's figures at server start (``--warm``), not when it is asked for."""
-    symbols = list(feed.config.symbols)
-    spares.prepare(("chart", CHART_HEIGHT), partial(CandleChart, CHART_HEIGHT))
-    spares.prepare(("heatmap", tuple(symbols)), partial(Heatmap, symbols))
 
 
 class Dashboard(pn.viewable.Viewer):
@@ -72,7 +62,7 @@ class Dashboard(pn.viewable.Viewer):
         self._chart = ChartPanel(feed, self.symbol, height=CHART_HEIGHT)
         if link_start is not None and link_end is not None:
             self._chart.go_to_range(link_start, link_end, link_timeframe)
-        self._heatmap = spares.take(("heatmap", tuple(symbols)), partial(Heatmap, symbols))
+        self._heatmap = Heatmap(symbols)
         self._heatmap.on_select(self._select)
         self._theme = session_theme()
         self._known = feed.price_decimals()  # decimals seen in prices (others: by magnitude, for now)
