@@ -6,10 +6,9 @@ roots) and the PULL-DOC reply the browser receives (``pull_doc``: Bokeh's JSON o
 whole document). The dashboard reads a SharedFeed on a ``--demo`` store (an in-process
 local exchange, 1,000 candles per symbol in memory) whose pipeline runs on its own
 thread; thread CPU time keeps the figures apart from the feed and from other processes
-on a loaded box. ``--spares`` builds the spare figures before each page (as the server
-does between requests, dashboard/spares.py); ``--cprofile`` prints the top functions.
+on a loaded box. ``--cprofile`` prints the top functions.
 
-    .venv/bin/python benchmarks/profile_session.py [--runs 5] [--spares] [--cprofile]
+    .venv/bin/python benchmarks/profile_session.py [--runs 5] [--cprofile]
 """
 
 from __future__ import annotations
@@ -73,13 +72,12 @@ def bare_page():
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--spares", action="store_true")
     p.add_argument("--cprofile", action="store_true")
     a = p.parse_args()
     pn.extension("tabulator", notifications=True, design="bootstrap")
     from dashboard.config import AppConfig
     from dashboard.live import SharedFeed
-    from dashboard.view import Dashboard, prepare_spares
+    from dashboard.view import Dashboard
 
     config = AppConfig.from_args(["--demo", "--db", f"{tempfile.mkdtemp()}/demo.duckdb"])
     feed = SharedFeed(config)
@@ -96,11 +94,8 @@ def main() -> int:
     rows = {"bare page": [], "dashboard": []}
     for run in range(a.runs + 1):  # the first of each is a warm-up, dropped
         rows["bare page"].append(measure(bare_page, freeze=False))  # as served: no freeze
-        if a.spares:
-            prepare_spares(feed)
         rows["dashboard"].append(measure(dashboard))
-    print(f"CPU ms of the building thread, median of {a.runs} (load average {os.getloadavg()[0]:.1f}); "
-          f"spares {'on' if a.spares else 'off'}\n")
+    print(f"CPU ms of the building thread, median of {a.runs} (load average {os.getloadavg()[0]:.1f})\n")
     print("| page | construct | server_doc | pull_doc | total | reply KB | models |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, rs in rows.items():
@@ -108,8 +103,6 @@ def main() -> int:
         print(f"| {name} | {m['construct']:.0f} | {m['server_doc']:.0f} | {m['pull_doc']:.0f} | "
               f"{m['total']:.0f} | {m['kb']:.0f} | {m['models']:.0f} |")
     if a.cprofile:
-        if a.spares:
-            prepare_spares(feed)
         prof = cProfile.Profile(time.thread_time)
         prof.enable()
         measure(dashboard)
