@@ -216,7 +216,8 @@ class Feed:
             want = self._wanted.pop(symbol, None)
             if want is None:
                 continue
-            now_ms = max(want.now or 0, self._server_now())
+            # a (re)connect's own "now": candles after it come from its session's stream
+            now_ms = want.now if want.now is not None else self._server_now()
             head_start = (now_ms // step - self.config.lookback) * step
             start = min(x for x in (want.start, head_start if want.head else None) if x is not None)
             self._busy += 1

@@ -122,9 +122,20 @@ class LiveState:
             return _no_changes()
         new = new.unique(KEY, keep="last", maintain_order=True)
         firsts = new.group_by("symbol").agg(pl.col("open_time").min().alias("_first"))
+        older = []
         for sym, first_ms in firsts.select("symbol", pl.col("_first").dt.epoch("ms")).iter_rows():
             prev = self._last_closed.get(sym)
             if prev is not None and first_ms <= prev:
+                older.append((sym, prev))
+        if older:
+            # History changed under the charts only if a row at or before the last closed one
+            # is new or differs: a backfill re-sending candles the stream already gave is no
+            # change (each revision makes every chart of the symbol reload its window)
+            before = pl.DataFrame(older, schema={"symbol": pl.String, "_prev": pl.Int64}, orient="row")
+            early = new.join(before, on="symbol").filter(pl.col("open_time").dt.epoch("ms") <= pl.col("_prev"))
+            cols = list(KLINE_SCHEMA)
+            changed = early.select(cols).join(self.closed.select(cols), on=cols, how="anti")
+            for sym in changed["symbol"].unique().to_list():
                 self.revisions[sym] = self.revisions.get(sym, 0) + 1
         merged = (
             pl.concat([self.closed.select(list(KLINE_SCHEMA)), new])

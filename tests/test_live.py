@@ -246,3 +246,21 @@ def test_other_intervals_are_kept_out(interval):
     other = random_klines(["BTCUSDT"], 10, interval=interval, interval_s=300)
     changes = state.apply(Batch(rest=other))
     assert changes.klines.height == 0 and state.closed.height == 0
+
+
+def test_revision_moves_only_when_older_history_really_changes():
+    """A backfill that re-sends candles the stream gave changes nothing a chart must reload;
+    a corrected or newly filled older candle does."""
+    frame = random_klines(["BTCUSDT", "ETHUSDT"], 40)
+    state = LiveState(["BTCUSDT", "ETHUSDT"], "1m")
+    btc = frame.filter(pl.col("symbol") == "BTCUSDT")
+    hole = btc[20]
+    state.apply(Batch(finals=records(frame.filter(pl.col("open_time") != hole["open_time"][0]))))
+    assert state.revisions.get("BTCUSDT", 0) == 0
+    state.apply(Batch(rest=btc.slice(25, 10)))  # the same rows again, over REST
+    assert state.revisions.get("BTCUSDT", 0) == 0
+    state.apply(Batch(rest=hole))  # the hole filled
+    assert state.revisions["BTCUSDT"] == 1 and state.revisions.get("ETHUSDT", 0) == 0
+    state.apply(Batch(rest=btc.slice(30, 1).with_columns(pl.col("close") + 1.0)))  # a corrected close
+    assert state.revisions["BTCUSDT"] == 2 and state.revisions.get("ETHUSDT", 0) == 0
+    assert state.closed.filter(pl.col("symbol") == "BTCUSDT").height == 40
