@@ -171,10 +171,11 @@ class KlineClient:
         closing at or after it are still forming and are left out.
         """
         step = interval_ms(interval)
-        # a page no bigger than the range needs: futures weigh a 1500-row page 10 and a
-        # 99-row one 1, and a reconnect repairs 50 symbols' holes of a few candles at once
+        # a small range in a small page: futures weigh a 1500-row page 10 and a 99-row one
+        # 1, and a reconnect repairs 50 symbols' holes of a few candles at once; a long one
+        # in the largest pages (fewest round trips: the live feed waits on them)
         need = -(-(closed_before - start_ms) // step) + 1
-        limit = min(self.preset.kline_limit, max(need, 1)) if need < 100 else self.page
+        limit = min(self.preset.kline_limit, need) if 0 < need < 100 else self.preset.kline_limit
         frames = []
         start = start_ms
         while start < closed_before:
