@@ -9,6 +9,7 @@ and nothing outside holds the session.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -92,9 +93,13 @@ class Dashboard(pn.viewable.Viewer):
 
     def _table_click(self, event) -> None:
         try:
-            self._select(self._table.value.loc[event.row, "symbol"])
+            symbol = self._table.value.loc[event.row, "symbol"]
         except (KeyError, TypeError):
-            pass
+            return
+        # Tabulator's click reaches us in a coroutine Panel runs without the document lock;
+        # the chart then changes Bokeh models directly, which needs it (Bokeh raised "we should
+        # have the lock when the document changes" and the click was lost): next tick, locked
+        pn.state.execute(functools.partial(self._select, symbol), schedule=True)
 
     def _destroyed(self, session_context) -> None:
         self._callback.stop()
