@@ -312,5 +312,13 @@ class _held:
             self.doc = None
 
     def __exit__(self, *exc):
-        if self.doc is not None:
+        if self.doc is None:
+            return
+        session = getattr(self.doc.session_context, "session", None)
+        if session is not None and getattr(session, "_pending_writes", []) is None:
+            # Not under the document lock: Panel runs a widget's event in an unlocked
+            # coroutine while other changes are pending, and Bokeh refuses changes sent
+            # from there. The changes stay held and go out on the next tick, locked.
+            self.doc.add_next_tick_callback(self.doc.unhold)
+        else:
             self.doc.unhold()
