@@ -3,8 +3,6 @@ record no confirmed-absent range inside the exchange's history."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 
 import polars as pl
@@ -16,6 +14,7 @@ from market.presets import DEFAULT_SYMBOLS
 from store import history, ranges
 from store.ingest import IngestConfig, Pipeline
 from tests.conftest import wait_for
+from tests.test_ingest import running
 
 MINUTE = 60_000
 NSYM = int(__import__("os").environ.get("GAP_SYMBOLS", "6"))
@@ -34,17 +33,6 @@ def pipeline(ex: LocalExchange, db, symbols, **kw) -> Pipeline:
     return p
 
 
-@contextlib.asynccontextmanager
-async def running(p: Pipeline):
-    task = asyncio.create_task(p.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 60)
-
-
 def ms(col) -> list[int]:
     return col.dt.epoch("ms").to_list()
 
@@ -56,7 +44,7 @@ async def test_reconnects_at_high_speed_leave_no_gap_and_no_false_empty_range(tm
     # 600x: a candle closes every 0.1 s, so each reconnect spans minutes of exchange time
     async with LocalExchange(symbols=syms, speed=SPEED, history_minutes=300) as ex:
         p = pipeline(ex, db, syms)
-        async with running(p):
+        async with running(p, stop_timeout=60):
             await wait_for(lambda: all(p.state.last_closed(s) for s in syms), timeout=120, what="live")
             for _ in range(6):
                 reconnects = p.feed.status().reconnects

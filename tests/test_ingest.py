@@ -60,14 +60,14 @@ def make_pipeline(ex: LocalExchange, db: Path, symbols: tuple[str, ...], **confi
 
 
 @contextlib.asynccontextmanager
-async def running(p: Pipeline):
+async def running(p: Pipeline, stop_timeout: float = 30):
     task = asyncio.create_task(p.run())
     try:
         yield task
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 30)  # a hang on stop fails here
+            await asyncio.wait_for(task, stop_timeout)  # a hang on stop fails here
 
 
 def closed_through(p: Pipeline, symbols, ms: int) -> bool:
